@@ -40,9 +40,13 @@ def _cmd_export_builtin(args: argparse.Namespace) -> None:
 def _cmd_compile(args: argparse.Namespace) -> None:
     from .compiler import compile_model
     from .frontend import parse_shape
+    from .targets import android_preset, load_target
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    result = compile_model(args.model, args.target, args.output, shape)
+    preset = load_target(args.target)
+    if args.android_ndk:
+        preset = android_preset(preset, args.android_ndk)
+    result = compile_model(args.model, preset, args.output, shape)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.output} for target {result.target} (input {result.input_shape}; {stages})")
 
@@ -91,6 +95,8 @@ def _register_core(sub: "argparse._SubParsersAction") -> None:
                    help="preset name (see `tvm-unify targets`) or path to a target .json (default: host)")
     p.add_argument("-o", "--output", required=True, help="output shared library (.so)")
     p.add_argument("--input-shape", help="e.g. 1,3,32,32 (default: the shape stored in the model file)")
+    p.add_argument("--android-ndk", metavar="DIR",
+                   help="link for Android with this NDK's aarch64 clang (aarch64 targets only)")
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("run", help="run a host-architecture library locally on a .npy input")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,23 @@ def load_target(name_or_path: str | os.PathLike) -> TargetPreset:
         raise UserError(f"unknown target {text!r} (choose from {', '.join(available_targets())}, "
                         "or give a path to a .json preset)")
     return _from_json(text, path)
+
+
+def android_preset(preset: TargetPreset, ndk_dir: str | os.PathLike) -> TargetPreset:
+    """The aarch64 ``preset`` retargeted to Android, linked with the NDK's newest aarch64 clang."""
+    if preset.arch != "aarch64":
+        raise UserError(f"--android-ndk needs an aarch64 target, {preset.name} is {preset.arch}")
+    ndk = Path(ndk_dir)
+    if not ndk.is_dir():
+        raise UserError(f"Android NDK directory not found: {ndk}")
+    clangs = {}
+    for path in ndk.glob("toolchains/llvm/prebuilt/*/bin/aarch64-linux-android*-clang"):
+        api = re.search(r"android(\d+)-clang$", path.name)
+        if api:
+            clangs[int(api.group(1))] = path
+    if not clangs:
+        raise UserError(f"no aarch64-linux-android<API>-clang under {ndk}/toolchains/llvm/prebuilt: "
+                        "is this an Android NDK (r19 or newer)?")
+    clang = clangs[max(clangs)]
+    target = {**preset.target, "mtriple": "aarch64-linux-android"}
+    return replace(preset, name=f"{preset.name}-android", target=target, cross_compiler=str(clang))
