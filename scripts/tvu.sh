@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
-APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu file)
+APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu file
+    qemu-user debootstrap fakeroot gcc)  # emulated aarch64 device: qemu user mode, arm64 root, counting plugin
 
 install_apt() {
     local missing=()

@@ -13,7 +13,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .device_commands import add_rpc_options
+from .device_commands import register as register_device_commands
 from .errors import UserError
+from .unify.commands import register as register_unify
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
 
@@ -40,23 +43,28 @@ def _cmd_export_builtin(args: argparse.Namespace) -> None:
 def _cmd_compile(args: argparse.Namespace) -> None:
     from .compiler import compile_model
     from .frontend import parse_shape
+    from .passes import report_table
     from .targets import android_preset, load_target
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     preset = load_target(args.target)
     if args.android_ndk:
         preset = android_preset(preset, args.android_ndk)
-    result = compile_model(args.model, preset, args.output, shape)
+    result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense)
+    if result.report:
+        print(report_table(result.report))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.output} for target {result.target} (input {result.input_shape}; {stages})")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    from .device_commands import check_reference, run_on_device, wants_device
     from .fileio import atomic_output, require_file
     from .runner import run_local
 
     data = _load_npy(require_file(args.input, "input file"))
-    out = run_local(args.library, data)
+    out = run_on_device(args, data) if wants_device(args) else run_local(args.library, data)
+    check_reference(args, out)
     if args.output:
         with atomic_output(args.output, suffix=".npy") as tmp:
             np.save(tmp, out)
@@ -75,7 +83,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(model=args.model, workdir=args.workdir)
+    run_demo(model=args.model, workdir=args.workdir, epochs=args.epochs, device=not args.no_device)
 
 
 def _register_core(sub: "argparse._SubParsersAction") -> None:
@@ -97,21 +105,31 @@ def _register_core(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--input-shape", help="e.g. 1,3,32,32 (default: the shape stored in the model file)")
     p.add_argument("--android-ndk", metavar="DIR",
                    help="link for Android with this NDK's aarch64 clang (aarch64 targets only)")
+    p.add_argument("--mode", choices=["fp32", "int8"], default="fp32",
+                   help="numerics of the unified kernels: fp32, or int8 activations x +-1 weights (default: fp32)")
+    p.add_argument("--dense", action="store_true",
+                   help="compile the plain model without unified kernels, for comparison")
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("run", help="run a host-architecture library locally on a .npy input")
+    p = sub.add_parser("run", help="run a library on a .npy input, locally or on a device over RPC")
     p.add_argument("library", help="shared library from `tvm-unify compile`")
     p.add_argument("--input", required=True, help="input array (.npy)")
     p.add_argument("-o", "--output", help="write the output array here (.npy); default: print it")
+    add_rpc_options(p, many=False)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="the main job on a built-in model, end to end, with a report")
-    p.add_argument("--model", default="digits-cnn", help="built-in model to use (default: digits-cnn)")
+    p = sub.add_parser("demo", help="train-unify a built-in model, compile it for host and arm, run both "
+                                    "(arm on the emulated device), report")
+    p.add_argument("--model", default="digits-cnn",
+                   help="built-in model to train-unify (digits-cnn or mlp train in seconds; default: digits-cnn)")
     p.add_argument("--workdir", default="demo-out", help="where the demo writes its files (default: demo-out)")
+    p.add_argument("--epochs", type=int, default=12, help="training epochs in all (default: 12)")
+    p.add_argument("--no-device", action="store_true",
+                   help="skip the emulated aarch64 device step (no qemu set-up)")
     p.set_defaults(func=_cmd_demo)
 
 
-REGISTRARS: list[Registrar] = [_register_core]
+REGISTRARS: list[Registrar] = [_register_core, register_unify, register_device_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,118 @@
+"""Each unified kernel matches PyTorch on the same unified weights, over random shapes and blocks.
+
+fp32: within float summation order (rtol 1e-5 of the output's scale). int8: within the quantization
+bound, stated and checked per output: |y - y_ref| <= act_scale/2 * sum_k |W[o, k]| (each activation is
+off by at most half a quantization step; weights are exact), plus float slack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import tvm
+from hypothesis import assume, given, settings, strategies as st
+
+from tvm_unify.format import BlockSpec, to_matrix, verify
+from tvm_unify.kernels import Conv2dGeometry, to_ell, unified_conv2d, unified_dense
+from unified_weights import project
+
+HOST = tvm.target.Target({"kind": "llvm"})
+BLOCKS = [(1, 4), (4, 1), (2, 2), (4, 4), (1, 8), (2, 4), (8, 1)]
+
+
+def run_kernel(func, x: np.ndarray, ell, out_shape) -> np.ndarray:
+    lib = tvm.compile(func, target=HOST)
+    y = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
+    lib(*[tvm.runtime.tensor(a) for a in (x, ell.columns, ell.scales, ell.signs)], y)
+    return y.numpy()
+
+
+def check(ours: np.ndarray, ref: np.ndarray, x: np.ndarray, weight: np.ndarray, layout: str, mode: str,
+          out_axis: int) -> None:
+    if mode == "fp32":
+        assert np.abs(ours - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1.0)
+        return
+    act_scale = np.abs(x).max() / 127
+    row_l1 = np.abs(to_matrix(weight, layout)).sum(axis=1)
+    bound = 0.5 * act_scale * row_l1 * 1.001 + 1e-5 * np.abs(ref).max()
+    shape = [1] * ref.ndim
+    shape[out_axis] = -1
+    assert (np.abs(ours - ref) <= bound.reshape(shape)).all()
+
+
+@st.composite
+def conv_cases(draw):
+    rows, cols = draw(st.sampled_from(BLOCKS))
+    layout = draw(st.sampled_from(["tap", "flat"]))
+    k = draw(st.sampled_from([1, 3, 5]))
+    channels = cols * draw(st.integers(1, 5))
+    out = rows * draw(st.integers(1, 5))
+    size = draw(st.integers(k, 12))
+    geometry = Conv2dGeometry(
+        batch=draw(st.sampled_from([1, 1, 2])), in_channels=channels, height=size,
+        width=draw(st.integers(k, 12)), out_channels=out, kernel=(k, k),
+        stride=draw(st.sampled_from([(1, 1), (2, 2), (1, 2)])),
+        padding=draw(st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (k // 2,) * 4, (0, 1, 1, 0)])),
+        dilation=draw(st.sampled_from([(1, 1), (1, 1), (2, 1)])))
+    return geometry, (rows, cols), layout, draw(st.sampled_from([0.0, 0.5, 0.75, 0.9])), draw(st.integers(0, 999))
+
+
+def _conv(case, mode, algorithm=None):
+    g, block, layout, sparsity, seed = case
+    assume(min(g.out_hw) > 0)
+    rng = np.random.default_rng(seed)
+    w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
+                sparsity, layout)
+    enc = verify(w, BlockSpec(*block, layout)).encoded
+    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
+    pt, pl, pb, pr = g.padding
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
+    ell = to_ell(enc)
+    ours = run_kernel(unified_conv2d(g, ell, layout, mode, algorithm=algorithm), x, ell, ref.shape)
+    check(ours, ref, x, w, layout, mode, out_axis=1)
+
+
+@settings(max_examples=16, deadline=None)
+@given(conv_cases(), st.sampled_from(["lut", "direct"]))
+def test_conv2d_fp32_matches_pytorch(case, algorithm):
+    _conv(case, "fp32", algorithm)
+
+
+@settings(max_examples=8, deadline=None)
+@given(conv_cases())
+def test_conv2d_int8_within_quantization_bound(case):
+    _conv(case, "int8")
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from(BLOCKS), st.integers(1, 8), st.integers(1, 8), st.sampled_from([1, 1, 3, 8]),
+       st.sampled_from([0.0, 0.75, 0.9]), st.sampled_from(["fp32", "int8"]), st.integers(0, 999))
+def test_dense_matches_pytorch(block, out_blocks, in_blocks, batch, sparsity, mode, seed):
+    rng = np.random.default_rng(seed)
+    out, inp = block[0] * out_blocks, block[1] * in_blocks
+    w = project(rng.standard_normal((out, inp)).astype(np.float32), block, sparsity)
+    ell = to_ell(verify(w, BlockSpec(*block)).encoded)
+    x = rng.standard_normal((batch, inp)).astype(np.float32)
+    ref = x @ w.T
+    ours = run_kernel(unified_dense(batch, inp, out, ell, mode), x, ell, ref.shape)
+    check(ours, ref, x, w, "tap", mode, out_axis=1)
+
+
+def test_int8_with_given_activation_scale_clips():
+    w = project(np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32), (2, 4), 0.5)
+    ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
+    x = np.full((1, 16), 10.0, dtype=np.float32)  # beyond 127 * 0.01 = 1.27: clipped to 1.27
+    ours = run_kernel(unified_dense(1, 16, 8, ell, "int8", act_scale=0.01), x, ell, (1, 8))
+    np.testing.assert_allclose(ours, np.full_like(x, 1.27) @ w.T, rtol=1e-5, atol=1e-6)
+
+
+def test_ell_pads_rows_with_zero_scale_slots():
+    w = np.zeros((4, 8), dtype=np.float32)
+    w[0:2, 0:4] = 0.5
+    w[0:2, 4:8] = -0.25
+    w[2:4, 4:8] = 1.0
+    ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
+    assert ell.columns.tolist() == [[0, 1], [1, 0]]
+    assert ell.scales.tolist() == [[0.5, 0.25], [1.0, 0.0]]
+    assert ell.signs.dtype == np.uint8 and ell.signs[0, 1, 0] == 0xFF and ell.padding == 0.25

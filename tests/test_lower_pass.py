@@ -1,0 +1,164 @@
+"""LowerUnifiedBlocks on whole models: unified layers are lowered and match PyTorch, the rest stay dense
+with a reason, and lying metadata is caught by verification."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from helpers import assert_matches, torch_reference
+from tvm_unify.calibrate import calibrate_batchnorm
+from tvm_unify.cli import main
+from tvm_unify.compiler import build, compile_model, lower_unified
+from tvm_unify.frontend import import_torchscript
+from tvm_unify.models import get_builtin
+from tvm_unify.passes import LowerUnifiedBlocks, layer_names
+from tvm_unify.runner import run_local
+from tvm_unify.targets import load_target
+from tvm_unify.torchscript import save_torchscript
+from unified_weights import unify_model
+
+
+def unified_model(name, block=(4, 4), sparsity=0.75, layout="tap"):
+    """A BatchNorm-calibrated built-in with its eligible layers projected to unified blocks."""
+    builtin = get_builtin(name)
+    torch.manual_seed(0)
+    model = calibrate_batchnorm(builtin.factory(), builtin.input_shape)
+    names = unify_model(model, block, sparsity, layout)
+    return calibrate_batchnorm(model, builtin.input_shape), names  # re-fit BN to the projected weights
+
+
+def fake_quant_reference(model, names, x, jitter=0.0, scales=None):
+    """PyTorch output with each unified layer's input quantized per tensor exactly as the int8 kernels do
+    (scale max|x|/127, round(x * (1/scale)), clamp to +-127), so the int8 build is checked tightly.
+    ``jitter`` first perturbs those inputs by that relative amount (float32 rounding is ~6e-8); ``scales``
+    (module path -> scale) replaces the per-call max|x|/127 by given activation scales."""
+    generator = torch.Generator().manual_seed(0)
+
+    def quantize(module, inputs):
+        (a,) = inputs
+        a = a * (1 + jitter * torch.randn(a.shape, generator=generator))
+        scale = scales[paths[module]] if scales else a.abs().max().clamp_min(1e-30) / 127
+        return (torch.clamp(torch.round(a * (1 / scale)), -127, 127) * scale,)
+
+    modules = dict(model.named_modules())
+    paths = {modules[n]: n for n in names}
+    hooks = [modules[n].register_forward_pre_hook(quantize) for n in names]
+    try:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def rounding_sensitivity(model, names, x) -> float:
+    """How far the int8 reference moves (relative to its scale) when its quantized inputs are perturbed at
+    float32-rounding level: a rounding decision that flips moves one activation a whole step, and a
+    deep untrained net can amplify a few such flips to ~10% of its output (MobileNetV2 here)."""
+    ref = fake_quant_reference(model, names, x)
+    moved = fake_quant_reference(model, names, x, jitter=1e-7)
+    return float(np.abs(moved - ref).max() / np.abs(ref).max())
+
+
+def unified_pt(tmp_path, name, block=(4, 4), sparsity=0.75, layout="tap", metadata=None):
+    """``unified_model`` saved as TorchScript."""
+    model, names = unified_model(name, block, sparsity, layout)
+    path = tmp_path / f"{name}-unified.pt"
+    save_torchscript(model, path, get_builtin(name).input_shape, metadata)
+    return path, names
+
+
+def compile_and_compare(tmp_path, name, mode="fp32", **unify):
+    """Unify, save, compile and run ``name``; compare with PyTorch (fake-quantized for int8)."""
+    model, names = unified_model(name, **unify)
+    path = tmp_path / f"{name}.pt"
+    save_torchscript(model, path, get_builtin(name).input_shape)
+    imported = import_torchscript(path)
+    so = tmp_path / f"{name}-{mode}.so"
+    result = compile_model(imported, "host", so, mode=mode)
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    if mode == "fp32":
+        assert_matches(run_local(so, x), torch_reference(imported, x), rtol=1e-4)
+    else:
+        rtol = 1e-3 + 3 * rounding_sensitivity(model, names, x)
+        assert_matches(run_local(so, x), fake_quant_reference(model, names, x), rtol=rtol)
+    assert {e.layer for e in result.report if e.lowered} == set(names)
+    return result.report, names
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_unified_digits_cnn_is_lowered_and_matches(tmp_path, mode):
+    report, names = compile_and_compare(tmp_path, "digits-cnn", mode)
+    assert len(names) == 3
+    assert all(e.block == "4x4/tap" and e.sparsity == pytest.approx(0.75) for e in report if e.lowered)
+    assert all(e.bytes_after < e.bytes_dense / 8 for e in report if e.lowered)
+    stem = next(e for e in report if e.layer == "features.0")
+    assert not stem.lowered and "not unified" in stem.reason
+
+
+def test_unified_mlp_1x8(tmp_path):
+    _, names = compile_and_compare(tmp_path, "mlp", block=(1, 8), sparsity=0.5, layout="flat")
+    assert names == ["net.0", "net.2"]
+
+
+def test_given_int8_activation_scales_are_used(tmp_path):
+    model, names = unified_model("mlp")
+    path = tmp_path / "mlp.pt"
+    save_torchscript(model, path, get_builtin("mlp").input_shape)
+    imported = import_torchscript(path)
+    scales = {"net.0": 0.05, "net.2": 0.01}  # net.2's inputs clip at 1.27
+    lowering = LowerUnifiedBlocks("int8", layer_names=layer_names(imported.torch_module), act_scales=scales)
+    vm = relax.VirtualMachine(build(lowering(imported.mod), load_target("host")), tvm.cpu())
+    x = np.random.default_rng(2).standard_normal(imported.input_shape).astype("float32")
+    ours = vm["main"](tvm.runtime.tensor(x)).numpy()
+    assert_matches(ours, fake_quant_reference(model, names, x, scales=scales), rtol=1e-4)
+    assert np.abs(ours - fake_quant_reference(model, names, x)).max() > 1e-3  # the scales mattered
+
+
+def test_calibrated_weights_are_not_lowered(builtin_pt):
+    _, report = lower_unified(import_torchscript(builtin_pt("digits-cnn")))
+    assert len(report) == 5 and not any(e.lowered for e in report)
+    assert all("not unified" in e.reason for e in report)
+
+
+def test_lying_metadata_is_caught(tmp_path):
+    layers = [{"name": "net.0", "block": [8, 8], "layout": "tap", "sparsity": 0.75},  # wrong block shape
+              {"name": "net.2", "block": [4, 4], "layout": "tap", "sparsity": 0.25}]  # lies about sparsity
+    path, _ = unified_pt(tmp_path, "mlp", metadata={"unify": {"format": 1, "layers": layers}})
+    _, report = lower_unified(import_torchscript(path))
+    by_name = {e.layer: e for e in report}
+    assert not by_name["net.0"].lowered and "8x8/tap" in by_name["net.0"].reason
+    assert not by_name["net.2"].lowered and "claims sparsity 0.250" in by_name["net.2"].reason
+
+
+def test_corrupted_unified_weight_is_not_lowered(tmp_path):
+    builtin = get_builtin("mlp")
+    model = builtin.factory()
+    unify_model(model, (4, 4), 0.75)
+    with torch.no_grad():
+        model.net[2].weight[0, np.flatnonzero(model.net[2].weight[0].numpy())[0]] *= 1.001
+    path = tmp_path / "corrupt.pt"
+    save_torchscript(model, path, builtin.input_shape)
+    _, report = lower_unified(import_torchscript(path))
+    assert [e.layer for e in report if e.lowered] == ["net.0"]
+
+
+def test_cli_compile_prints_report(tmp_path, capsys):
+    path, _ = unified_pt(tmp_path, "digits-cnn")
+    out = tmp_path / "m.so"
+    assert main(["compile", str(path), "--mode", "int8", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3/5 layers lowered" in text and "features.3" in text and out.is_file()
+    assert main(["compile", str(path), "--dense", "-o", str(out)]) == 0
+    assert "layers lowered" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_unified_builtin_end_to_end(tmp_path, name, mode):
+    compile_and_compare(tmp_path, name, mode)

@@ -1,0 +1,6 @@
+"""Relax passes of tvm-unify."""
+
+from .lower_unified_blocks import LowerUnifiedBlocks, layer_names, weight_fingerprint
+from .report import LayerReport, report_table
+
+__all__ = ["LayerReport", "LowerUnifiedBlocks", "layer_names", "report_table", "weight_fingerprint"]

@@ -1,0 +1,169 @@
+"""``LowerUnifiedBlocks``: replace conv2d / linear layers whose constant weights are unified by calls to
+block-sparse TIR kernels that take the compressed weight as constants.
+
+Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
+
+- patterns: ``nn.conv2d(x, W)`` and ``matmul(x, permute_dims(W))`` (how the torch importer writes a
+  Linear) with ``W`` constant;
+- verify: every block of W is checked numerically (``format.analyze``) against the file's spec when
+  there is one (never trusted: a wrong block shape or sparsity claim fails), else against the candidate
+  block shapes; a layer that fails stays dense, and the report says why;
+- rewrite: ``R.call_tir(kernel, [x, columns, scales, signs])`` with the kernel specialized to the
+  layer's shapes and block pattern. Bias, BatchNorm and activations around it stay Relax ops, which the
+  default pipeline legalizes and fuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+from ..format import Analysis, BlockSpec, analyze
+from ..kernels import DEFAULT_LANES, MODES, Conv2dGeometry, to_ell, unified_conv2d, unified_dense
+from .report import LayerReport
+
+
+def weight_fingerprint(weight: np.ndarray) -> str:
+    """Identity of a weight by value, to name a Relax constant after the torch module that owns it."""
+    data = np.ascontiguousarray(weight, dtype=np.float32)
+    return hashlib.sha1(repr(data.shape).encode() + data.tobytes()).hexdigest()
+
+
+def layer_names(module: torch.nn.Module) -> dict[str, str]:
+    """``weight_fingerprint`` -> module path for every 2D/4D ``*.weight`` of a (TorchScript) module."""
+    return {weight_fingerprint(t.detach().numpy()): key.removesuffix(".weight")
+            for key, t in module.state_dict().items() if key.endswith(".weight") and t.dim() in (2, 4)}
+
+
+def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != "float32":
+        return None
+    dims = []
+    for d in ty.shape.values:
+        if not isinstance(d, tvm.tirx.IntImm):
+            return None
+        dims.append(int(d))
+    return tuple(dims)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+@tvm.transform.module_pass(opt_level=0, name="LowerUnifiedBlocks")
+class LowerUnifiedBlocks:
+    """Lower unified conv2d/linear layers to block-sparse kernels (``mode`` fp32 or int8).
+
+    ``layer_names`` maps ``weight_fingerprint`` -> module path (for the report and the spec lookup),
+    ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
+    path -> int8 activation scale (absent: computed per call from max |x|). After the pass has run,
+    ``report`` lists every conv2d/linear layer it saw.
+    """
+
+    def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
+                 layer_names: Mapping[str, str] | None = None, act_scales: Mapping[str, float] | None = None,
+                 lanes: int = DEFAULT_LANES) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        self.mode = mode
+        self.specs = dict(specs or {})
+        self.layer_names = dict(layer_names or {})
+        self.act_scales = dict(act_scales or {})
+        self.lanes = lanes
+        self.report: list[LayerReport] = []
+        self.x = wildcard()
+        self.weight = is_const()
+        self.conv2d = is_op("relax.nn.conv2d")(self.x, self.weight)
+        self.transposed = is_op("relax.permute_dims")(self.weight)
+        self.linear = is_op("relax.matmul")(self.x, self.transposed)
+        self.pattern = self.conv2d | self.linear
+
+    def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        self.report = []
+        self._kept_dense: set[tuple[str, tuple[int, ...] | None]] = set()
+        builder = relax.BlockBuilder(mod)
+        for gvar, func in mod.functions.items():
+            if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):
+                rewritten = rewrite_call(self.pattern, lambda expr, m: self._rewrite(builder, expr, m), func)
+                builder.update_func(gvar, rewritten)
+        return relax.transform.DeadCodeElimination()(builder.get())
+
+    def _rewrite(self, builder: relax.BlockBuilder, expr: relax.Expr, matches) -> relax.Expr:
+        weight = matches[self.weight].value.numpy()
+        is_conv = self.conv2d in matches
+        op = "conv2d" if is_conv else "linear"
+        x_shape = _static_shape(matches[self.x])
+        fingerprint = weight_fingerprint(weight)
+        if (fingerprint, x_shape) in self._kept_dense:  # rewrite_call revisits what it left unchanged
+            return expr
+        name = self.layer_names.get(fingerprint, f"{op}#{len(self.report)}")
+        entry = LayerReport(name, op, tuple(weight.shape), False, "", bytes_dense=int(weight.nbytes))
+        self.report.append(entry)
+        self._kept_dense.add((fingerprint, x_shape))
+        geometry_or_reason = (self._conv_geometry(matches[self.conv2d], x_shape, weight) if is_conv
+                              else self._linear_check(matches[self.transposed], x_shape, weight))
+        if isinstance(geometry_or_reason, str):
+            entry.reason = geometry_or_reason
+            return expr
+        analysis = analyze(weight, self.specs.get(name))
+        if not self._accept(entry, analysis):
+            return expr
+        ell = to_ell(analysis.encoded)
+        act_scale = self.act_scales.get(name) if self.mode == "int8" else None
+        if is_conv:
+            kernel = unified_conv2d(geometry_or_reason, ell, analysis.encoded.spec.layout, self.mode, act_scale,
+                                    self.lanes)
+        else:
+            kernel = unified_dense(x_shape[0], weight.shape[1], weight.shape[0], ell, self.mode, act_scale,
+                                   self.lanes)
+        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{op}_{self.mode}")
+        self._kept_dense.discard((fingerprint, x_shape))
+        entry.lowered, entry.reason = True, "lowered"
+        entry.bytes_after, entry.padding = ell.nbytes, ell.padding
+        args = [matches[self.x], relax.const(ell.columns), relax.const(ell.scales), relax.const(ell.signs)]
+        return relax.call_tir(gvar, args, expr.ty)
+
+    @staticmethod
+    def _accept(entry: LayerReport, analysis: Analysis) -> bool:
+        """Record the verdict; only fully unified weights (no free blocks) are lowered."""
+        if not analysis.ok:
+            entry.reason = analysis.reason
+            return False
+        enc = analysis.encoded
+        entry.block, entry.sparsity = enc.spec.describe(), enc.sparsity
+        if enc.free_indices.size:
+            entry.reason = f"{enc.free_indices.size} free (dense) blocks: the kernels take unified blocks only"
+            return False
+        return True
+
+    @staticmethod
+    def _conv_geometry(call: relax.Call, x_shape, weight: np.ndarray) -> Conv2dGeometry | str:
+        attrs = call.attrs
+        if int(attrs.groups) != 1:
+            return f"groups={int(attrs.groups)} (depthwise/grouped convs stay dense)"
+        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
+        if layouts != ("NCHW", "OIHW", "NCHW"):
+            return f"layouts {'/'.join(map(str, layouts))} (only NCHW/OIHW)"
+        if attrs.out_dtype not in ("", "float32") or x_shape is None or len(x_shape) != 4:
+            return "input is not a static float32 NCHW tensor"
+        padding = _ints(attrs.padding)
+        padding = padding * (4 // len(padding)) if len(padding) in (1, 2) else padding
+        return Conv2dGeometry(x_shape[0], x_shape[1], x_shape[2], x_shape[3], weight.shape[0],
+                              (weight.shape[2], weight.shape[3]), _ints(attrs.strides), padding,
+                              _ints(attrs.dilation))
+
+    @staticmethod
+    def _linear_check(transpose: relax.Call, x_shape, weight: np.ndarray) -> str | None:
+        axes = transpose.attrs.axes
+        if weight.ndim != 2 or (axes is not None and _ints(axes) != (1, 0)):
+            return "matmul weight is not a transposed 2D constant"
+        if x_shape is None or len(x_shape) != 2:
+            return "input is not a static float32 [batch, features] tensor"
+        return None
