@@ -205,7 +205,9 @@ def write_report(built: list[Built], layers: dict[str, list], target: tvm.target
              f"--threads {args.threads}`: variants "
              "interleaved round by round. Latency = the fastest call (least distorted by other jobs; "
              "the median of all calls is in parentheses: it swings with the host's load, PyTorch's "
-             "spinning OpenMP threads suffering most).", "",
+             "spinning OpenMP threads suffering most). With 2 threads on 2 shared cores even the fastest "
+             "calls vary from run to run (ResNet-18 default/pytorch seen from 0.6x to 2.1x); the 1-thread "
+             "run (`--threads 1`, dense_default_1thread.md) is much steadier.", "",
              "| case | tvm-default ms | tvm-untuned ms | pytorch ms | default / pytorch | untuned / pytorch "
              "| untuned / default | compile s (default, untuned) | max rel err (default, untuned) |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ from tvm_unify.compiler import build, compile_model, lower_unified
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.models import get_builtin
 from tvm_unify.passes import LowerUnifiedBlocks, layer_names
-from tvm_unify.runner import run_local
+from tvm_unify.runner import library_arch, run_local
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
 from unified_weights import unify_model
@@ -162,3 +162,11 @@ def test_cli_compile_prints_report(tmp_path, capsys):
 @pytest.mark.parametrize("mode", ["fp32", "int8"])
 def test_unified_builtin_end_to_end(tmp_path, name, mode):
     compile_and_compare(tmp_path, name, mode)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_unified_kernels_cross_compile_for_arm(tmp_path, mode):
+    path, names = unified_pt(tmp_path, "digits-cnn")
+    so = tmp_path / f"arm-{mode}.so"
+    result = compile_model(path, "arm", so, mode=mode)
+    assert sum(e.lowered for e in result.report) == len(names) and library_arch(so) == "aarch64"

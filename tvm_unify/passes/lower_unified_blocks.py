@@ -78,6 +78,7 @@ class LowerUnifiedBlocks:
         self.act_scales = dict(act_scales or {})
         self.lanes = lanes
         self.report: list[LayerReport] = []
+        self._kept_dense: set[tuple[str, tuple[int, ...] | None]] = set()
         self.x = wildcard()
         self.weight = is_const()
         self.conv2d = is_op("relax.nn.conv2d")(self.x, self.weight)
@@ -87,7 +88,7 @@ class LowerUnifiedBlocks:
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         self.report = []
-        self._kept_dense: set[tuple[str, tuple[int, ...] | None]] = set()
+        self._kept_dense = set()
         builder = relax.BlockBuilder(mod)
         for gvar, func in mod.functions.items():
             if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):
