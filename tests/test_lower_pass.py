@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from helpers import assert_matches, torch_reference
-from tvm_unify.calibrate import calibrate_batchnorm
+from tvm_unify.bn_calibration import calibrate_batchnorm
 from tvm_unify.cli import main
 from tvm_unify.compiler import build, compile_model, lower_unified
 from tvm_unify.frontend import import_torchscript

@@ -30,7 +30,7 @@ def _cmd_targets(args: argparse.Namespace) -> None:
 
 
 def _cmd_export_builtin(args: argparse.Namespace) -> None:
-    from .calibrate import calibrate_batchnorm
+    from .bn_calibration import calibrate_batchnorm
     from .models import get_builtin
     from .torchscript import save_torchscript
 
@@ -42,6 +42,7 @@ def _cmd_export_builtin(args: argparse.Namespace) -> None:
 
 def _cmd_compile(args: argparse.Namespace) -> None:
     from .compiler import compile_model
+    from .fileio import require_file
     from .frontend import parse_shape
     from .passes import report_table
     from .targets import android_preset, load_target
@@ -50,7 +51,9 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     preset = load_target(args.target)
     if args.android_ndk:
         preset = android_preset(preset, args.android_ndk)
-    result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense)
+    samples = _load_npy(require_file(args.calibrate, "calibration file")) if args.calibrate else None
+    result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
+                           calibration=samples)
     if result.report:
         print(report_table(result.report))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
@@ -107,6 +110,10 @@ def _register_core(sub: "argparse._SubParsersAction") -> None:
                    help="link for Android with this NDK's aarch64 clang (aarch64 targets only)")
     p.add_argument("--mode", choices=["fp32", "int8"], default="fp32",
                    help="numerics of the unified kernels: fp32, or int8 activations x +-1 weights (default: fp32)")
+    p.add_argument("--calibrate", metavar="SAMPLES.npy",
+                   help="int8 only: fix each layer's activation scale to max|input|/127 over these sample inputs "
+                        "(N x input shape, or stacked along the batch axis); without it the int8 kernels compute "
+                        "the scale from each input at run time")
     p.add_argument("--dense", action="store_true",
                    help="compile the plain model without unified kernels, for comparison")
     p.set_defaults(func=_cmd_compile)

@@ -10,10 +10,13 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
+import numpy as np
 import tvm
 from tvm.support import cc
 
+from .int8_calibration import calibrate_act_scales
 from .errors import UserError
 from .fileio import atomic_output
 from .format import specs_from_metadata
@@ -53,9 +56,12 @@ def build(mod: tvm.IRModule, preset: TargetPreset) -> tvm.runtime.Executable:
         return tvm.compile(mod, target=target)
 
 
-def lower_unified(imported: ImportedModel, mode: str = "fp32") -> tuple[tvm.IRModule, list[LayerReport]]:
-    """Run ``LowerUnifiedBlocks`` with the file's block specs; return the module and the per-layer report."""
-    lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module))
+def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None
+                  ) -> tuple[tvm.IRModule, list[LayerReport]]:
+    """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
+    given); return the module and the per-layer report."""
+    lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
+                                  act_scales)
     return lowering(imported.mod), lowering.report
 
 
@@ -78,19 +84,29 @@ def compile_model(
     input_shape: tuple[int, ...] | None = None,
     mode: str = "fp32",
     dense: bool = False,
+    calibration: np.ndarray | None = None,
 ) -> CompileResult:
     """TorchScript file (or an already imported model) -> shared library for ``target``.
 
-    Unified layers are lowered to block-sparse kernels in ``mode`` (fp32 or int8) unless ``dense``."""
+    Unified layers are lowered to block-sparse kernels in ``mode`` (fp32 or int8) unless ``dense``. For
+    int8, ``calibration`` (sample inputs, see ``int8_calibration.sample_batches``) fixes each layer's activation
+    scale to max|input|/127 over the samples; without it the kernels compute that scale on every call."""
+    if calibration is not None and (mode != "int8" or dense):
+        raise UserError("calibration samples set int8 activation scales: use them with --mode int8, without --dense")
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     imported = model if isinstance(model, ImportedModel) else import_torchscript(model, input_shape)
     timings["import"] = time.perf_counter() - start
+    act_scales = None
+    if calibration is not None:
+        start = time.perf_counter()
+        act_scales = calibrate_act_scales(imported, calibration)
+        timings["calibrate"] = time.perf_counter() - start
     mod, report = imported.mod, []
     if not dense:
         start = time.perf_counter()
-        mod, report = lower_unified(imported, mode)
+        mod, report = lower_unified(imported, mode, act_scales)
         timings["lower"] = time.perf_counter() - start
     start = time.perf_counter()
     executable = build(mod, preset)

@@ -32,6 +32,7 @@ class ImportedModel:
     input_shape: tuple[int, ...]
     metadata: dict[str, Any]
     torch_module: torch.jit.ScriptModule
+    program: torch.export.ExportedProgram | None = None  # kept to run calibration samples in PyTorch
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -128,7 +129,7 @@ def import_torchscript(path: str | os.PathLike, input_shape: tuple[int, ...] | N
                         f"{_first_line(err)}") from None
     ep = torchscript_to_exported_program(module, input_shape)
     mod = exported_program_to_relax(ep)
-    return ImportedModel(mod=mod, input_shape=input_shape, metadata=metadata, torch_module=module)
+    return ImportedModel(mod=mod, input_shape=input_shape, metadata=metadata, torch_module=module, program=ep)
 
 
 __all__ = ["ImportedModel", "import_torchscript", "parse_shape"]

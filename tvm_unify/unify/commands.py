@@ -88,7 +88,7 @@ def _schedule_from_args(args: argparse.Namespace, pretrained: bool) -> "Schedule
 def _cmd_unify(args: argparse.Namespace) -> None:
     import torch
 
-    from ..calibrate import calibrate_batchnorm
+    from ..bn_calibration import calibrate_batchnorm
     from ..errors import UserError
     from ..frontend import parse_shape
     from .export import export_unified

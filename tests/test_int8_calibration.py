@@ -1,0 +1,112 @@
+"""int8 activation-scale calibration: scales are max|input|/127 per layer over the samples (for traced,
+scripted and eager models), a calibrated int8 build matches the fake-quant reference with those static
+scales, and the CLI path rejects arrays that do not fit with one line and no output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_matches
+from test_lower_pass import fake_quant_reference, rounding_sensitivity, unified_model
+from tvm_unify.int8_calibration import calibrate_act_scales
+from tvm_unify.cli import main
+from tvm_unify.compiler import compile_model
+from tvm_unify.frontend import import_torchscript
+from tvm_unify.models import get_builtin
+from tvm_unify.runner import run_local
+from tvm_unify.torchscript import save_torchscript
+
+
+def hooked_scales(model: torch.nn.Module, samples: np.ndarray) -> dict[str, float]:
+    """max|input|/127 of every Conv2d/Linear over ``samples`` (N x input shape), with plain forward hooks."""
+    abs_max: dict[str, float] = {}
+
+    def record(name):
+        return lambda module, inputs: abs_max.__setitem__(name, max(abs_max.get(name, 0.0),
+                                                                    float(inputs[0].abs().max())))
+
+    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            for x in samples:
+                model(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: m / 127 for n, m in abs_max.items()}
+
+
+def samples_for(name: str, n: int = 6, seed: int = 3) -> np.ndarray:
+    shape = get_builtin(name).input_shape
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """A unified digits-cnn, its unified layer names and its imported TorchScript file."""
+    model, names = unified_model("digits-cnn")
+    path = tmp_path_factory.mktemp("calib") / "digits.pt"
+    save_torchscript(model, path, get_builtin("digits-cnn").input_shape)
+    return model, names, path, import_torchscript(path)
+
+
+def test_scales_are_input_abs_max_over_samples(digits):
+    model, _, _, imported = digits
+    samples = samples_for("digits-cnn")
+    expected = hooked_scales(model, samples)
+    assert len(expected) == 5
+    for scales in (calibrate_act_scales(imported, samples),  # traced TorchScript, N x input shape
+                   calibrate_act_scales(imported, samples.reshape(-1, 1, 8, 8)),  # stacked along the batch
+                   calibrate_act_scales(torch.jit.script(model), samples),  # scripted TorchScript
+                   calibrate_act_scales(model, samples)):  # eager nn.Module
+        assert scales.keys() == expected.keys()
+        for name, scale in expected.items():
+            assert scales[name] == pytest.approx(scale, rel=1e-6), name
+
+
+def test_mlp_scales_with_batch_of_four():
+    model, _ = unified_model("mlp")
+    traced = torch.jit.trace(model, torch.zeros(4, 64))
+    samples = np.random.default_rng(4).standard_normal((3, 4, 64)).astype("float32")
+    assert calibrate_act_scales(traced, samples) == pytest.approx(hooked_scales(model, samples), rel=1e-6)
+
+
+def test_calibrated_int8_build_matches_static_fake_quant(digits, tmp_path):
+    model, names, _, imported = digits
+    scales = calibrate_act_scales(imported, samples_for("digits-cnn"))
+    so = tmp_path / "calibrated.so"
+    result = compile_model(imported, "host", so, mode="int8", calibration=samples_for("digits-cnn"))
+    assert "calibrate" in result.timings and sum(e.lowered for e in result.report) == len(names)
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    unified = {n: scales[n] for n in names}
+    reference = fake_quant_reference(model, names, x, scales=unified)
+    rtol = 1e-3 + 3 * rounding_sensitivity(model, names, x)
+    assert_matches(run_local(so, x), reference, rtol=rtol)
+    assert np.abs(reference - fake_quant_reference(model, names, x)).max() > 1e-4  # static != per-call scales
+
+
+def test_cli_calibrate(digits, tmp_path, capsys):
+    _, _, path, _ = digits
+    good, bad = tmp_path / "samples.npy", tmp_path / "bad.npy"
+    np.save(good, samples_for("digits-cnn"))
+    np.save(bad, np.zeros((4, 1, 9, 8), dtype="float32"))
+    out = tmp_path / "m.so"
+    assert main(["compile", str(path), "--mode", "int8", "--calibrate", str(good), "-o", str(out)]) == 0
+    assert "calibrate" in capsys.readouterr().out and out.is_file()
+    failures = {"does not fit the model input 1,1,8,8": ["--mode", "int8", "--calibrate", str(bad)],
+                "use them with --mode int8": ["--calibrate", str(good)],
+                "without --dense": ["--mode", "int8", "--dense", "--calibrate", str(good)]}
+    for message, argv in failures.items():
+        failed = tmp_path / "failed.so"
+        assert main(["compile", str(path), *argv, "-o", str(failed)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err and not failed.exists(), err
+
+
+def test_help_says_dynamic_without_calibrate(capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "--help"])
+    assert "compute the scale from each input at run time" in " ".join(capsys.readouterr().out.split())
