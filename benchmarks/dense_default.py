@@ -38,7 +38,7 @@ import tvm  # noqa: E402
 from torch import nn  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from tvm_unify.calibrate import calibrate_batchnorm  # noqa: E402
+from tvm_unify.bn_calibration import calibrate_batchnorm  # noqa: E402
 from tvm_unify.compiler import codegen_target  # noqa: E402
 from tvm_unify.fileio import atomic_output  # noqa: E402
 from tvm_unify.frontend import import_torchscript  # noqa: E402

@@ -31,7 +31,7 @@ import tvm  # noqa: E402
 from torch import nn  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from tvm_unify.calibrate import calibrate_batchnorm  # noqa: E402
+from tvm_unify.bn_calibration import calibrate_batchnorm  # noqa: E402
 from tvm_unify.compiler import build, codegen_target, lower_unified  # noqa: E402
 from tvm_unify.frontend import import_torchscript  # noqa: E402
 from tvm_unify.models import get_builtin  # noqa: E402
