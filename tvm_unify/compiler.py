@@ -16,11 +16,11 @@ import numpy as np
 import tvm
 from tvm.support import cc
 
-from .int8_calibration import calibrate_act_scales
 from .errors import UserError
 from .fileio import atomic_output
 from .format import specs_from_metadata
 from .frontend import ImportedModel, import_torchscript
+from .int8_calibration import calibrate_act_scales
 from .passes import LayerReport, LowerUnifiedBlocks, layer_names
 from .schedule import schedule_default
 from .targets import TargetPreset, load_target
