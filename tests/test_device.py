@@ -18,6 +18,7 @@ import pytest
 
 from helpers import assert_matches, torch_reference
 from rpc_servers import cli_error, save_npy, start_tracker
+from tvm_unify.bench import BenchOptions, bench_local
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
 from tvm_unify.device import device_status, start_device, stop_device
@@ -135,7 +136,8 @@ def test_demo_device_step(arm_build, tmp_path, capsys):
     from tvm_unify.demo import run_on_emulated_device
 
     x = np.load(arm_build["x"])
-    summary = run_on_emulated_device(tmp_path, arm_build["host"], arm_build["arm"], x, arm_build["ref_array"])
+    host = bench_local(arm_build["host"], [x], arm_build["ref_array"], BenchOptions(repeat=3))
+    summary = run_on_emulated_device(tmp_path, host, arm_build["arm"], x, arm_build["ref_array"])
     assert summary["max_abs_err"] <= 1e-4 and summary["instructions"] > 100_000
     report = (tmp_path / "device-report.md").read_text()
     assert "this host (local)" in report and "(emulated)" in report and "NOT ARM timings" in report

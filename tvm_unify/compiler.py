@@ -108,10 +108,24 @@ def compile_model(
         start = time.perf_counter()
         mod, report = lower_unified(imported, mode, act_scales)
         timings["lower"] = time.perf_counter() - start
+    result = compile_module(mod, preset, output, imported.input_shape)
+    result.timings = {**timings, **result.timings}
+    result.report = report
+    return result
+
+
+def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | os.PathLike,
+                   input_shape: tuple[int, ...]) -> CompileResult:
+    """Build an imported (and possibly already lowered) module for ``target`` and export it.
+
+    Lowering is target-independent, so a caller that builds one model for several targets lowers it
+    once and calls this per target."""
+    preset = target if isinstance(target, TargetPreset) else load_target(target)
+    timings: dict[str, float] = {}
     start = time.perf_counter()
     executable = build(mod, preset)
     timings["build"] = time.perf_counter() - start
     start = time.perf_counter()
     export_library(executable, preset, output)
     timings["export"] = time.perf_counter() - start
-    return CompileResult(str(output), preset.name, imported.input_shape, timings, report)
+    return CompileResult(str(output), preset.name, tuple(input_shape), timings)

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .compiler import compile_model
+from .bench import BenchOptions, BenchResult, bench_local
+from .compiler import compile_module, lower_unified
 from .errors import UserError
 from .frontend import ImportedModel, import_torchscript
 from .passes import report_table
-from .runner import library_arch, run_local, time_local
+from .runner import library_arch
 
 TOLERANCE = 1e-4
 STEPS = 5
@@ -44,43 +45,46 @@ def run_demo(model: str = "digits-cnn", workdir: str | Path = "demo-out", epochs
     report: dict[str, object] = {"model": model, "input_shape": imported.input_shape,
                                  "dense_accuracy": unify_report.dense_accuracy,
                                  "unified_accuracy": unify_report.final_accuracy}
+    start = time.perf_counter()
+    lowered, layers = lower_unified(imported)  # target-independent: lowered once, built per target
+    lower_s = time.perf_counter() - start
     for step, target in [(2, "host"), (3, "arm")]:
         so_path = out / f"{model}-{target}.so"
-        result = compile_model(imported, target, so_path)
-        report[f"{target}_compile_s"] = sum(result.timings.values())
+        result = compile_module(lowered, target, so_path, imported.input_shape)
+        report[f"{target}_compile_s"] = sum(result.timings.values()) + lower_s
         report[f"{target}_arch"] = library_arch(so_path)
         print(f"[{step}/{STEPS}] compiled for {target} -> {so_path} ({report[f'{target}_arch']}, "
               f"{so_path.stat().st_size / 1024:.0f} KiB, {report[f'{target}_compile_s']:.1f} s)")
         if target == "host":
-            print(report_table(result.report))
+            print(report_table(layers))
 
     x = np.random.default_rng(0).standard_normal(imported.input_shape).astype("float32")
-    host_so = out / f"{model}-host.so"
-    ours = run_local(host_so, x)
     with torch.no_grad():
         ref = imported.torch_module(torch.from_numpy(x)).numpy()
-    err = float(np.abs(ours - ref).max())
-    report.update(max_abs_err=err, tvm_ms=time_local(host_so, x) * 1e3, torch_ms=_torch_ms(imported, x))
+    host = bench_local(out / f"{model}-host.so", [x], ref, BenchOptions(repeat=20, rtol=TOLERANCE))
+    err = float(host.max_abs_err)
+    report.update(max_abs_err=err, tvm_ms=host.timing.median_ms, torch_ms=_torch_ms(imported, x))
     print(f"[4/{STEPS}] host run: max |TVM - PyTorch| = {err:.2e} (tolerance {TOLERANCE:g}); "
           f"latency TVM {report['tvm_ms']:.3f} ms vs PyTorch eager {report['torch_ms']:.3f} ms")
     if not err <= TOLERANCE:
         raise UserError(f"host build disagrees with PyTorch: max abs error {err:.3g} > {TOLERANCE:g}")
     if device:
         print(f"[5/{STEPS}] arm build on the emulated aarch64 device")
-        report["device"] = run_on_emulated_device(out, host_so, out / f"{model}-arm.so", x, ref)
+        report["device"] = run_on_emulated_device(out, host, out / f"{model}-arm.so", x, ref)
     else:
         print(f"[5/{STEPS}] skipped the emulated device (--no-device)")
     print("demo OK")
     return report
 
 
-def run_on_emulated_device(out: Path, host_so: Path, arm_so: Path, x: np.ndarray, ref: np.ndarray) -> dict:
+def run_on_emulated_device(out: Path, host: BenchResult, arm_so: Path, x: np.ndarray, ref: np.ndarray) -> dict:
     """Run the arm build on the emulated aarch64 device over RPC, check it against PyTorch, and report
-    its latency and exact instruction count next to the host build (markdown + PNG + JSON in ``out``).
+    its latency and exact instruction count next to the host build's measurement ``host`` (markdown +
+    PNG + JSON in ``out``).
 
     The device is started on a free loopback port and stopped again, whatever happens.
     """
-    from .bench import EMULATED_NOTE, BenchOptions, bench_local, bench_one, failed_checks, format_table
+    from .bench import EMULATED_NOTE, bench_one, failed_checks, format_table
     from .bench import write_json, write_markdown
     from .device import start_device, stop_device
     from .procs import free_port
@@ -95,7 +99,7 @@ def run_on_emulated_device(out: Path, host_so: Path, arm_so: Path, x: np.ndarray
                            BenchOptions(repeat=5, count=True, rtol=TOLERANCE))
     finally:
         stop_device(port)
-    results = [bench_local(host_so, [x], ref, BenchOptions(repeat=20, rtol=TOLERANCE)), remote]
+    results = [host, remote]
     print(f"[device] {arm_so.name} ran on the emulated aarch64 device over RPC: max |TVM - PyTorch| = "
           f"{remote.max_abs_err:.2e}; {remote.instructions:,} aarch64 instructions per call (exact)")
     print(format_table(results))

@@ -60,10 +60,3 @@ def run_local(path: str | os.PathLike, data: np.ndarray) -> np.ndarray:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def time_local(path: str | os.PathLike, data: np.ndarray, repeat: int = 10) -> float:
-    """Median latency in seconds of ``main`` over ``repeat`` timed runs (TVM's time_evaluator)."""
-    vm = load_local(path)
-    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
-    return float(timer(tvm.runtime.tensor(np.ascontiguousarray(data))).median)
