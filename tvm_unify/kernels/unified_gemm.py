@@ -38,14 +38,24 @@ per-block sums accumulate in int32 and are rescaled by ``scale * act_scale``. Th
 buffer is where the data layout is chosen: it is ``[K, P]`` (pixels contiguous) for vector-over-pixel
 hosts; an ARM ``sdot`` schedule wants ``[K/4, P, 4]`` (four consecutive k per pixel), a change confined
 to the gather stage.
+
+*Epilogue*: the ops that follow a layer (bias, BatchNorm, residual add, ReLU/ReLU6) can be applied to
+each output value in registers at its store (``epilogue``: ``Affine``, ``AddTensor``, ``Clip`` steps), so
+the output makes one trip through memory instead of one per op (``passes/fuse_epilogue.py``). Their
+operands are extra parameters between the inputs and the output. Every kernel carries a JSON recipe
+(``RECIPE_ATTR``) from which ``regenerate`` rebuilds it, with another epilogue, from its call's
+constant arguments: the PrimFunc itself cannot be re-parameterized after it is generated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import json
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
+import numpy as np
 import tvm
+from tvm import tirx
 from tvm.script import tirx as T
 
 from .ell import EllWeight
@@ -55,6 +65,8 @@ ALGORITHMS = ("lut", "direct", "gemv")
 DEFAULT_LANES = 16
 LUT_BITS = 4  # a lookup table holds the 2**4 signed sums of 4 consecutive inputs
 MIN_TASKS = 4
+RECIPE_ATTR = "tvm_unify.recipe"
+ELL_ARGS = (1, 2, 3)  # call arguments holding the blocked-ELL arrays (columns, scales, signs)
 
 
 @dataclass(frozen=True)
@@ -90,6 +102,135 @@ def pick_lanes(extent: int, lanes: int) -> int:
     while v * 2 <= lanes and extent % (v * 2) == 0:
         v *= 2
     return v
+
+
+# An epilogue step's TIR form: (parameters, buffer declarations, value -> value at (row, index)).
+BoundStep = tuple[list[tirx.Buffer], list[tirx.Stmt], Callable]
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """``y * scale + shift`` per output channel: bias, BatchNorm, and any chain of those folded into one
+    FMA (``fold_epilogue``). None stands for 1 (scale) or 0 (shift), so a plain bias costs one add."""
+
+    scale: np.ndarray | None = None  # (out_channels,), float32 once folded
+    shift: np.ndarray | None = None
+
+    def operands(self) -> list[np.ndarray]:
+        return [a for a in (self.scale, self.shift) if a is not None]
+
+    def describe(self) -> str:
+        return "affine" if self.scale is not None and self.shift is not None else (
+            "scale" if self.scale is not None else "shift")
+
+    def bind(self, name: str, channels: int, _y_shape, _y_view) -> BoundStep:
+        scale = None if self.scale is None else tirx.decl_buffer((channels,), "float32", f"{name}_scale")
+        shift = None if self.shift is None else tirx.decl_buffer((channels,), "float32", f"{name}_shift")
+
+        def apply(value, row, _index):
+            value = value if scale is None else value * scale[row]
+            return value if shift is None else value + shift[row]
+
+        return [b for b in (scale, shift) if b is not None], [], apply
+
+
+@dataclass(frozen=True, eq=False)
+class AddTensor:
+    """``y + t`` with ``t`` an extra input of the output's shape, read at the store's index: a residual
+    add, or another kernel's partial sum (the free blocks). ``operand`` is opaque here: what the caller
+    passes for it (a Relax expression in ``FuseUnifiedEpilogue``)."""
+
+    operand: object = None
+
+    def operands(self) -> list[object]:
+        return [self.operand]
+
+    def describe(self) -> str:
+        return "add"
+
+    def bind(self, name: str, _channels: int, y_shape, y_view) -> BoundStep:
+        param = tirx.decl_buffer(y_shape, "float32", name)
+        view = tirx.decl_buffer(y_view, "float32", f"{name}_view", data=tirx.buffer_data(param))
+        return [param], [tirx.DeclBuffer(view, data=tirx.buffer_data(param))], lambda value, _row, index: (
+            value + view[index])
+
+
+@dataclass(frozen=True)
+class Clip:
+    """``min(max(y, lo), hi)`` (None: unbounded): ReLU is ``Clip(0.0)``, ReLU6 ``Clip(0.0, 6.0)``."""
+
+    lo: float | None = None
+    hi: float | None = None
+
+    def operands(self) -> list[object]:
+        return []
+
+    def describe(self) -> str:
+        return "relu" if (self.lo, self.hi) == (0.0, None) else f"clip({self.lo},{self.hi})"
+
+    def bind(self, _name: str, _channels: int, _y_shape, _y_view) -> BoundStep:
+        def apply(value, _row, _index):
+            value = value if self.lo is None else T.max(value, T.float32(self.lo))
+            return value if self.hi is None else T.min(value, T.float32(self.hi))
+
+        return [], [], apply
+
+
+Step = Affine | AddTensor | Clip
+
+
+def fold_epilogue(steps: Sequence[Step]) -> tuple[Step, ...]:
+    """Merge consecutive ``Affine`` steps into one, so that e.g. conv bias + BatchNorm's subtract, divide,
+    multiply and add cost one FMA per output value. Composed in float64 and rounded to the kernel's
+    float32 once, here."""
+    folded: list[Step] = []
+    for step in steps:
+        if isinstance(step, Affine) and folded and isinstance(folded[-1], Affine):
+            folded[-1] = _compose(folded[-1], step)
+        else:
+            folded.append(step)
+    return tuple(Affine(*(None if a is None else np.asarray(a, dtype=np.float32) for a in (s.scale, s.shift)))
+                 if isinstance(s, Affine) else s for s in folded)
+
+
+def _compose(first: Affine, then: Affine) -> Affine:
+    """``then(first(y))``: scale ``s1 * s2``, shift ``b1 * s2 + b2``."""
+    scale = None
+    if first.scale is not None or then.scale is not None:
+        scale = np.float64(1) if first.scale is None else first.scale.astype(np.float64)
+        scale = scale if then.scale is None else scale * then.scale
+    shift = None if first.shift is None else first.shift.astype(np.float64)
+    if shift is not None and then.scale is not None:
+        shift = shift * then.scale
+    if then.shift is not None:
+        shift = then.shift.astype(np.float64) if shift is None else shift + then.shift
+    return Affine(scale, shift)
+
+
+def _bind_epilogue(steps: Sequence[Step], channels: int, y_shape, y_view) -> BoundStep:
+    """All steps' parameters and declarations, in step order, and their composition."""
+    bound = [step.bind(f"epilogue{n}", channels, y_shape, y_view) for n, step in enumerate(steps)]
+
+    def apply(value, row, index):
+        for _, _, step in bound:
+            value = step(value, row, index)
+        return value
+
+    return [p for b in bound for p in b[0]], [d for b in bound for d in b[1]], apply
+
+
+def _with_params(kernel: tvm.tirx.PrimFunc, params: list[tirx.Buffer], decls: list[tirx.Stmt]
+                 ) -> tvm.tirx.PrimFunc:
+    """Insert the epilogue's parameters before the output (the body already reads them) and declare
+    their views first; then check what the parser could not (it saw the parameters as free buffers)."""
+    if not params:
+        tvm.tirx.analysis.verify_well_formed(kernel)
+        return kernel
+    body = list(kernel.body.seq) if isinstance(kernel.body, tirx.SeqStmt) else [kernel.body]
+    func = tirx.PrimFunc([*kernel.params[:-1], *params, kernel.params[-1]], tirx.SeqStmt([*decls, *body]),
+                         kernel.ret_type, kernel.attrs)
+    tvm.tirx.analysis.verify_well_formed(func)
+    return func
 
 
 def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int, word_bits: int):
@@ -160,11 +301,13 @@ def _make_kernel(
     act_scale: float | None,
     lanes: int,
     algorithm: str,
+    epilogue: Sequence[Step] = (),
 ) -> tvm.tirx.PrimFunc:
     """The shared GEMM kernel. ``gather(x, k, p0, v)`` is X[k, p0 + v] (None: X is the input itself,
     viewed [K, P]); ``pad = (shape, value(x, n, c, h, w))`` first copies the input into a zero-padded
     buffer that ``gather`` then reads without bounds checks; ``store_index(p0, row, v)`` maps an output
-    row and pixel to an index of the output viewed ``y_view``."""
+    row and pixel to an index of the output viewed ``y_view``; ``epilogue`` is applied to each value at
+    its store (output channel = row)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     vl = pick_lanes(group, lanes)
@@ -187,8 +330,13 @@ def _make_kernel(
     nlow = 1 << g_low
     chunks = _row_chunks(nbr, tiles)
     given_inv = 1.0 / act_scale if act_scale else 1.0
+    params, decls, finish = _bind_epilogue(epilogue, y_shape[1], y_shape, y_view)
 
-    @T.prim_func
+    @T.macro
+    def store(yv, p0, row, v, value):
+        yv[store_index(p0, row, v)] = finish(value, row, store_index(p0, row, v))
+
+    @T.prim_func(check_well_formed=False)  # the epilogue's parameters are added after parsing
     def kernel(x: T.Buffer(x_shape, "float32"), columns: T.Buffer((nbr, width), "int32"),
                scales: T.Buffer((nbr, width), "float32"), signs: T.Buffer((nbr, width, nword), sdtype),
                y: T.Buffer(y_shape, "float32")):
@@ -244,7 +392,7 @@ def _make_kernel(
                             xrep[columns[task, slot], e],
                             _sign_field(signs, task, slot, e, 1, word_bits), mode))
                 for i in T.unroll(br):
-                    yv[store_index(0, task * br + i, 0)] = _lane_reduce(acc, i * bc, bc) * qscale[0]
+                    store(yv, 0, task * br + i, 0, _lane_reduce(acc, i * bc, bc) * qscale[0])
         elif algorithm == "lut":
             for task in T.parallel(tiles * chunks):
                 lut = T.decl_buffer((k_extent // g, nent, vl), "float32")
@@ -277,7 +425,7 @@ def _make_kernel(
                                 acc[i, v] = acc[i, v] + part[i, v] * scales[rb, slot]
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
-                            yv[store_index(task // chunks * vl, rb * br + i, v)] = acc[i, v]
+                            store(yv, task // chunks * vl, rb * br + i, v, acc[i, v])
         else:
             for task in T.parallel(tiles * nbr):
                 rb = task % nbr
@@ -297,9 +445,9 @@ def _make_kernel(
                             acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):
-                        yv[store_index(task // nbr * vl, rb * br + i, v)] = acc[i, v] * qscale[0]
+                        store(yv, task // nbr * vl, rb * br + i, v, acc[i, v] * qscale[0])
 
-    return kernel
+    return _with_params(kernel, params, decls)
 
 
 def _tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:
@@ -318,10 +466,37 @@ def default_algorithm(mode: str, columns: int) -> str:
     return "lut" if mode == "fp32" else "direct"
 
 
+def _with_recipe(kernel: tvm.tirx.PrimFunc, shape: dict, ell: EllWeight, mode: str, act_scale: float | None,
+                 lanes: int, algorithm: str, epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
+    """Attach what ``regenerate`` needs besides the call's arguments (``shape``: op and its dimensions)."""
+    recipe = {**shape, "mode": mode, "act_scale": None if act_scale is None else float(act_scale),
+              "lanes": lanes, "algorithm": algorithm, "block": [ell.rows, ell.cols], "ell_args": list(ELL_ARGS),
+              "epilogue": [step.describe() for step in epilogue]}
+    return kernel.with_attr(RECIPE_ATTR, json.dumps(recipe))
+
+
+def recipe_of(func: tvm.ir.BaseFunc) -> dict | None:
+    """The recipe of a unified kernel (None for any other function)."""
+    text = func.attrs.get(RECIPE_ATTR) if isinstance(func, tvm.tirx.PrimFunc) and func.attrs else None
+    return None if text is None else json.loads(str(text))
+
+
+def regenerate(recipe: dict, ell_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
+    """The kernel ``recipe`` describes, on the blocked-ELL arrays of its call (arguments ``ELL_ARGS``), with
+    ``epilogue`` instead of the recipe's own."""
+    ell = EllWeight(*recipe["block"], *ell_arrays)
+    options = {"mode": recipe["mode"], "act_scale": recipe["act_scale"], "lanes": recipe["lanes"],
+               "algorithm": recipe["algorithm"], "epilogue": epilogue}
+    if recipe["op"] == "conv2d":
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["geometry"].items()}
+        return unified_conv2d(Conv2dGeometry(**fields), ell, recipe["layout"], **options)
+    return unified_dense(*recipe["dims"], ell, **options)
+
+
 def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "fp32",
                    act_scale: float | None = None, lanes: int = DEFAULT_LANES,
-                   algorithm: str | None = None) -> tvm.tirx.PrimFunc:
-    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, y)."""
+                   algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, *epilogue operands, y)."""
     (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     pt, pl, pb, pr = g.padding
     oh, ow = g.out_hw
@@ -345,17 +520,21 @@ def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "
     def store_index(p0, row, v):
         return (p0 // q, row, p0 % q + v)
 
-    return _make_kernel(
+    algorithm = algorithm or default_algorithm(mode, g.batch * q)
+    kernel = _make_kernel(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
         g.in_channels * kh * kw, g.batch * q, q, gather=None if g.reads_input_in_place else gather,
         pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, padded), store_index=store_index, ell=ell,
-        mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm or default_algorithm(mode, g.batch * q))
+        mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
+    shape = {"op": "conv2d", "geometry": asdict(g), "layout": layout}
+    return _with_recipe(kernel, shape, ell, mode, act_scale, lanes, algorithm, epilogue)
 
 
 def unified_dense(batch: int, in_features: int, out_features: int, ell: EllWeight, mode: str = "fp32",
                   act_scale: float | None = None, lanes: int = DEFAULT_LANES,
-                  algorithm: str | None = None) -> tvm.tirx.PrimFunc:
-    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, columns, scales, signs, y)."""
+                  algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, columns, scales, signs, *epilogue
+    operands, y)."""
 
     def gather(x, k, p0, v):
         return x[p0 + v, k]
@@ -363,11 +542,14 @@ def unified_dense(batch: int, in_features: int, out_features: int, ell: EllWeigh
     def store_index(p0, row, v):
         return (p0 + v, row)
 
-    return _make_kernel((batch, in_features), (batch, out_features), in_features, batch, batch,
-                        gather=None if batch == 1 else gather, pad=None, store_index=store_index, ell=ell,
-                        mode=mode, act_scale=act_scale, lanes=lanes,
-                        algorithm=algorithm or default_algorithm(mode, batch))
+    algorithm = algorithm or default_algorithm(mode, batch)
+    kernel = _make_kernel((batch, in_features), (batch, out_features), in_features, batch, batch,
+                          gather=None if batch == 1 else gather, pad=None, store_index=store_index, ell=ell,
+                          mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
+    shape = {"op": "linear", "dims": [batch, in_features, out_features]}
+    return _with_recipe(kernel, shape, ell, mode, act_scale, lanes, algorithm, epilogue)
 
 
-__all__ = ["ALGORITHMS", "Conv2dGeometry", "DEFAULT_LANES", "MODES", "default_algorithm", "pick_lanes",
+__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "ELL_ARGS", "MODES",
+           "RECIPE_ATTR", "Step", "default_algorithm", "fold_epilogue", "pick_lanes", "recipe_of", "regenerate",
            "unified_conv2d", "unified_dense"]

@@ -9,8 +9,10 @@ Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
   there is one (never trusted: a wrong block shape or sparsity claim fails), else against the candidate
   block shapes; a layer that fails stays dense, and the report says why;
 - rewrite: ``R.call_tir(kernel, [x, columns, scales, signs])`` with the kernel specialized to the
-  layer's shapes and block pattern. Bias, BatchNorm and activations around it stay Relax ops, which the
-  default pipeline legalizes and fuses.
+  layer's shapes and block pattern; a weight whose spec allows free (dense) blocks and has some gets
+  ``R.add(that call, R.call_tir(free_kernel, [x, columns, values]))`` (``kernels/free_blocks.py``).
+  Bias, BatchNorm and activations around it stay Relax ops, which the default pipeline legalizes and
+  fuses.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from ..format import Analysis, BlockSpec, analyze
-from ..kernels import DEFAULT_LANES, MODES, Conv2dGeometry, to_ell, unified_conv2d, unified_dense
+from ..format import Analysis, BlockSpec, UnifiedWeight, analyze
+from ..kernels import (DEFAULT_LANES, MODES, Conv2dGeometry, EllWeight, FreeEll, free_conv2d, free_dense, to_ell,
+                       to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 
 
@@ -39,6 +42,10 @@ def layer_names(module: torch.nn.Module) -> dict[str, str]:
     """``weight_fingerprint`` -> module path for every 2D/4D ``*.weight`` of a (TorchScript) module."""
     return {weight_fingerprint(t.detach().numpy()): key.removesuffix(".weight")
             for key, t in module.state_dict().items() if key.endswith(".weight") and t.dim() in (2, 4)}
+
+
+# What a kernel generator needs besides the weight: the conv geometry, or a linear's (batch, in, out).
+Dims = Conv2dGeometry | tuple[int, int, int]
 
 
 def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
@@ -116,32 +123,58 @@ class LowerUnifiedBlocks:
         analysis = analyze(weight, self.specs.get(name))
         if not self._accept(entry, analysis):
             return expr
-        ell = to_ell(analysis.encoded)
-        act_scale = self.act_scales.get(name) if self.mode == "int8" else None
-        if is_conv:
-            kernel = unified_conv2d(geometry_or_reason, ell, analysis.encoded.spec.layout, self.mode, act_scale,
-                                    self.lanes)
-        else:
-            kernel = unified_dense(x_shape[0], weight.shape[1], weight.shape[0], ell, self.mode, act_scale,
-                                   self.lanes)
-        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{op}_{self.mode}")
         self._kept_dense.discard((fingerprint, x_shape))
+        dims = geometry_or_reason if is_conv else (x_shape[0], weight.shape[1], weight.shape[0])
+        return self._lower(builder, entry, dims, analysis.encoded, matches[self.x], expr.ty)
+
+    def _lower(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
+               x: relax.Expr, ty: relax.Type) -> relax.Expr:
+        """The unified kernel's call, plus the free kernel's when the weight has free blocks: an ``add``
+        whose first operand is the unified call, the shape the epilogue-fusion pass folds into that
+        kernel's store. A weight whose kept blocks are all free needs the free kernel alone."""
+        has_free = bool(enc.free_indices.size)
+        unified = self._unified_call(builder, entry, dims, enc, x, ty) if enc.nnzb or not has_free else None
+        free = self._free_call(builder, entry, dims, enc, x, ty) if has_free else None
         entry.lowered, entry.reason = True, "lowered"
-        entry.bytes_after, entry.padding = ell.nbytes, ell.padding
-        args = [matches[self.x], relax.const(ell.columns), relax.const(ell.scales), relax.const(ell.signs)]
-        return relax.call_tir(gvar, args, expr.ty)
+        entry.bytes_after = sum(part[1].nbytes for part in (unified, free) if part)
+        entry.padding = unified[1].padding if unified else None
+        if free:
+            entry.free_blocks, entry.free_padding = free[1].count, free[1].padding
+        if unified and free:
+            return relax.op.add(unified[0], free[0])
+        return (unified or free)[0]
+
+    def _unified_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
+                      x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, EllWeight]:
+        """The unified blocks' kernel call, in the pass's mode."""
+        ell = to_ell(enc)
+        act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
+        if entry.op == "conv2d":
+            kernel = unified_conv2d(dims, ell, enc.spec.layout, self.mode, act_scale, self.lanes)
+        else:
+            kernel = unified_dense(*dims, ell, self.mode, act_scale, self.lanes)
+        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
+        args = [x, relax.const(ell.columns), relax.const(ell.scales), relax.const(ell.signs)]
+        return relax.call_tir(gvar, args, ty), ell
+
+    def _free_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
+                   x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, FreeEll]:
+        """The free (dense-valued) blocks' kernel call: fp32 in every mode, since its weights are not +-1."""
+        ell = to_free_ell(enc)
+        if entry.op == "conv2d":
+            kernel = free_conv2d(dims, ell, enc.spec.layout, self.lanes)
+        else:
+            kernel = free_dense(*dims, ell, self.lanes)
+        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"free_{entry.op}")
+        return relax.call_tir(gvar, [x, relax.const(ell.columns), relax.const(ell.values)], ty), ell
 
     @staticmethod
     def _accept(entry: LayerReport, analysis: Analysis) -> bool:
-        """Record the verdict; only fully unified weights (no free blocks) are lowered."""
+        """Record the verdict. Free blocks are there only if the spec allowed them (``format.verify``)."""
         if not analysis.ok:
             entry.reason = analysis.reason
             return False
-        enc = analysis.encoded
-        entry.block, entry.sparsity = enc.spec.describe(), enc.sparsity
-        if enc.free_indices.size:
-            entry.reason = f"{enc.free_indices.size} free (dense) blocks: the kernels take unified blocks only"
-            return False
+        entry.block, entry.sparsity = analysis.encoded.spec.describe(), analysis.encoded.sparsity
         return True
 
     @staticmethod

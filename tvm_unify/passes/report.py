@@ -19,6 +19,16 @@ class LayerReport:
     bytes_dense: int = 0
     bytes_after: int = 0
     padding: float | None = None  # fraction of blocked-ELL slots that are padding
+    free_blocks: int = 0  # dense-valued blocks, computed by the free-block kernel
+    free_padding: float | None = None  # the same fraction for the free blocks' ELL
+
+
+def _lowered_note(e: LayerReport) -> str:
+    """The result column of a lowered layer: its free-block count and ELL padding (wasted slots), if any."""
+    note = f"lowered with {e.free_blocks} free blocks" if e.free_blocks else "lowered"
+    paddings = [f"{label} {p:.0%}" for label, p in (("ELL padding", e.padding), ("free ELL padding", e.free_padding))
+                if p]
+    return note + (f" ({', '.join(paddings)})" if paddings else "")
 
 
 def report_table(entries: list[LayerReport]) -> str:
@@ -29,9 +39,7 @@ def report_table(entries: list[LayerReport]) -> str:
     for e in entries:
         sparsity = "-" if e.sparsity is None else f"{e.sparsity:.2f}"
         after = e.bytes_after if e.lowered else e.bytes_dense
-        result = "lowered" if e.lowered else f"dense: {e.reason}"
-        if e.lowered and e.padding:
-            result += f" (ELL padding {e.padding:.0%})"
+        result = _lowered_note(e) if e.lowered else f"dense: {e.reason}"
         lines.append(f"{e.layer[:28]:28s} {e.op:7s} {'x'.join(map(str, e.weight_shape)):18s} {e.block:9s} "
                      f"{sparsity:>8s} {e.bytes_dense / 1024:8.1f} {after / 1024:8.1f}  {result}")
     lowered = [e for e in entries if e.lowered]

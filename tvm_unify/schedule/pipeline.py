@@ -5,7 +5,9 @@ untuned build runs tens of times slower than PyTorch. ``schedule_default`` prepa
 hand-written rules find their patterns (kernels in HWIO with activations left NCHW, batch norm
 decomposed so it fuses into the conv epilogue), legalizes and fuses, then applies the rules in dlight
 style. PrimFuncs marked ``tirx.is_scheduled`` (the unified kernels) keep their schedule: they are
-never fused with other ops nor re-scheduled (an ``op_pattern`` they set themselves is respected).
+never fused with other ops by FuseOps nor re-scheduled (an ``op_pattern`` they set themselves is
+respected). The elementwise ops after a unified kernel (bias, BatchNorm, residual add, ReLU/ReLU6) are
+fused into it by ``FuseUnifiedEpilogue`` instead, once BatchNorm is decomposed and its constants folded.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from tvm.ir.transform import PassContext, module_pass
 from tvm.s_tir import ScheduleError
 from tvm.s_tir import dlight as dl
 
+from ..passes.fuse_epilogue import FuseUnifiedEpilogue
 from .contraction import Contraction
 from .fallback import Fallback
 from .fold import FoldConstantsNumpy
@@ -33,14 +36,18 @@ def default_rules() -> list[dl.ScheduleRule]:
     return [Contraction(), dl.cpu.GEMV(), dl.cpu.Reduction(), Fallback()]
 
 
-def prepare_passes() -> list[tvm.transform.Pass]:
-    """Relax passes that put the graph in the form the rules expect, then legalize and fuse."""
+def prepare_passes(fuse_epilogues: bool = True) -> list[tvm.transform.Pass]:
+    """Relax passes that put the graph in the form the rules expect, then legalize and fuse.
+
+    ``fuse_epilogues=False`` leaves the ops after unified kernels as separate kernels (to measure or
+    test what the fusion changes)."""
     return [
-        KeepScheduledOpaque(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         relax.transform.ConvertLayout(CONV_LAYOUT),
         FoldConstantsNumpy(),
+        *([FuseUnifiedEpilogue()] if fuse_epilogues else []),
+        KeepScheduledOpaque(),  # after the fusion, which adds scheduled kernels
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -100,8 +107,8 @@ class ApplyDefaultSchedules:
         return mod
 
 
-def schedule_default(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+def schedule_default(mod: tvm.IRModule, target: tvm.target.Target, fuse_epilogues: bool = True) -> tvm.IRModule:
     """Legalize, fuse and schedule every not-yet-scheduled PrimFunc of ``mod`` for ``target``."""
     with target:
-        mod = tvm.transform.Sequential(prepare_passes())(mod)
+        mod = tvm.transform.Sequential(prepare_passes(fuse_epilogues))(mod)
         return ApplyDefaultSchedules()(mod)
