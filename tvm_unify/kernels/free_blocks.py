@@ -31,7 +31,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..format import UnifiedWeight
-from .unified_gemm import DEFAULT_LANES, Conv2dGeometry, _lane_reduce, _tap_decoder, pick_lanes, zero
+from .unified_gemm import DEFAULT_LANES, Conv2dGeometry, conv_gather, lane_reduce, pad_copy, pick_lanes, zero
 
 
 @dataclass
@@ -103,16 +103,9 @@ def _free_gemm(x_shape: tuple[int, ...], y_shape: tuple[int, ...], source_shape:
         yv = T.decl_buffer(y_view, "float32", data=y.data)
         if offset is None:
             src = T.decl_buffer(source_shape, "float32", data=x.data)
-        else:  # zero, then copy the interior: both vectorized, with no per-element bounds test
+        else:
             src = T.decl_buffer(source_shape, "float32")
-            for b in range(x_shape[0]):
-                for c in T.parallel(x_shape[1]):
-                    for h in range(source_shape[2]):
-                        for w in T.vectorized(source_shape[3]):
-                            src[b, c, h, w] = T.float32(0)
-                    for h in range(x_shape[2]):
-                        for w in T.vectorized(x_shape[3]):
-                            src[b, c, h + offset[0], w + offset[1]] = x[b, c, h, w]
+            pad_copy(x, src, offset)
         if p_extent == 1:
             vflat = T.decl_buffer((nbr, width, n), "float32", data=values.data)
             xrep = T.decl_buffer((k_extent // bc, n), "float32")
@@ -127,7 +120,7 @@ def _free_gemm(x_shape: tuple[int, ...], y_shape: tuple[int, ...], source_shape:
                     for e in T.vectorized(n):
                         acc[e] = acc[e] + vflat[rb, slot, e] * xrep[columns[rb, slot], e]
                 for i in T.unroll(br):
-                    yv[store_index(0, rb * br + i, 0)] = _lane_reduce(acc, i * bc, bc)
+                    yv[store_index(0, rb * br + i, 0)] = lane_reduce(acc, i * bc, bc)
         else:
             for task in T.parallel(tiles // per * nbr):
                 rb: T.let[T.int32] = task % nbr
@@ -151,27 +144,6 @@ def _free_gemm(x_shape: tuple[int, ...], y_shape: tuple[int, ...], source_shape:
     return kernel
 
 
-def _conv_reader(g: Conv2dGeometry, layout: str, vl: int) -> Reader:
-    """X[k, p] of the im2col view, read from the zero-padded input: k decodes to (channel, tap) in the
-    weight's layout; a tile of pixels stays in one output row when it can (contiguous at stride 1).
-
-    Mirrors the ``gather`` closure inside ``unified_gemm.unified_conv2d``, which cannot be imported."""
-    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
-    oh, ow = g.out_hw
-    q = oh * ow
-    decode = _tap_decoder(layout, g.in_channels, kh, kw)
-
-    def read(xp, k, p0, v):
-        c, r, s = decode(k)
-        if ow % vl == 0:
-            row, col = p0 % q // ow, p0 % ow + v
-        else:
-            row, col = (p0 % q + v) // ow, (p0 % q + v) % ow
-        return xp[p0 // q, c, row * sh + r * dh, col * sw + s * dw]
-
-    return read
-
-
 def free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, lanes: int = DEFAULT_LANES) -> tvm.tirx.PrimFunc:
     """conv2d with the free blocks of an NCHW/OIHW weight (groups=1) -> PrimFunc(x, columns, values, y)."""
     (kh, kw) = g.kernel
@@ -186,7 +158,7 @@ def free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, lanes: int = DEFAU
     return _free_gemm(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
         (g.batch, g.in_channels, g.height + pt + pb, g.width + pl + pr), None if g.padding == (0,) * 4 else (pt, pl),
-        _conv_reader(g, layout, vl), store_index, g.in_channels * kh * kw, g.batch * q, vl, ell)
+        conv_gather(g, layout, vl), store_index, g.in_channels * kh * kw, g.batch * q, vl, ell)
 
 
 def free_dense(batch: int, in_features: int, out_features: int, ell: FreeEll,

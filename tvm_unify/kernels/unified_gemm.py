@@ -247,7 +247,7 @@ def _signed_sum(xcol: tvm.tirx.Buffer, k0, p, pattern, count: int):
     return total
 
 
-def _lane_reduce(buf: tvm.tirx.Buffer, start: int, count: int, combine=lambda a, b: a + b):
+def lane_reduce(buf: tvm.tirx.Buffer, start: int, count: int, combine=lambda a, b: a + b):
     """``combine`` over ``buf[start:start + count]``, unrolled (horizontal reduction of vector lanes)."""
     total = buf[start]
     for j in range(1, count):
@@ -283,6 +283,41 @@ def zero(buf, rows, lanes):
             buf[i, v] = T.Cast(buf.dtype, 0)
 
 
+@T.macro
+def pad_copy(x, xp, offset):
+    """``xp`` = the NCHW input ``x`` zero-padded by ``offset`` = (top, left) (and whatever ``xp``'s
+    shape adds at the bottom/right): zero, then copy the interior, both vectorized, with no
+    per-element bounds test."""
+    for b in range(xp.shape[0]):
+        for c in T.parallel(xp.shape[1]):
+            for h in range(xp.shape[2]):
+                for w in T.vectorized(xp.shape[3]):
+                    xp[b, c, h, w] = T.float32(0)
+            for h in range(x.shape[2]):
+                for w in T.vectorized(x.shape[3]):
+                    xp[b, c, h + offset[0], w + offset[1]] = x[b, c, h, w]
+
+
+def conv_gather(g: Conv2dGeometry, layout: str, vl: int) -> Callable:
+    """``gather(xp, k, p0, v)`` = X[k, p0 + v] of the conv's im2col view, read from the zero-padded
+    input ``xp``: k decodes to (channel, tap) in the weight's layout; a tile of ``vl`` pixels stays in
+    one output row when it can (contiguous loads at stride 1)."""
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    oh, ow = g.out_hw
+    q = oh * ow
+    decode = tap_decoder(layout, g.in_channels, kh, kw)
+
+    def gather(xp, k, p0, v):
+        c, r, s = decode(k)
+        if ow % vl == 0:
+            row, col = p0 % q // ow, p0 % ow + v
+        else:
+            row, col = (p0 % q + v) // ow, (p0 % q + v) % ow
+        return xp[p0 // q, c, row * sh + r * dh, col * sw + s * dw]
+
+    return gather
+
+
 def _quantize(value, inv_scale):
     return T.Cast("int8", T.max(T.min(T.round(value * inv_scale), T.float32(127)), T.float32(-127)))
 
@@ -294,7 +329,7 @@ def _make_kernel(
     p_extent: int,
     group: int,
     gather: Callable | None,
-    pad: tuple[tuple[int, ...], Callable] | None,
+    pad: tuple[tuple[int, ...], tuple[int, int]] | None,
     store_index: Callable,
     ell: EllWeight,
     mode: str,
@@ -304,8 +339,8 @@ def _make_kernel(
     epilogue: Sequence[Step] = (),
 ) -> tvm.tirx.PrimFunc:
     """The shared GEMM kernel. ``gather(x, k, p0, v)`` is X[k, p0 + v] (None: X is the input itself,
-    viewed [K, P]); ``pad = (shape, value(x, n, c, h, w))`` first copies the input into a zero-padded
-    buffer that ``gather`` then reads without bounds checks; ``store_index(p0, row, v)`` maps an output
+    viewed [K, P]); ``pad = (shape, (top, left))`` first copies the input into a zero-padded buffer
+    that ``gather`` then reads without bounds checks; ``store_index(p0, row, v)`` maps an output
     row and pixel to an index of the output viewed ``y_view``; ``epilogue`` is applied to each value at
     its store (output channel = row)."""
     if mode not in MODES:
@@ -351,18 +386,14 @@ def _make_kernel(
             for i in range(x_size // x_lanes):
                 for v in T.vectorized(x_lanes):
                     amax[v] = T.max(amax[v], T.abs(xflat[i * x_lanes + v]))
-            qscale[0] = _lane_reduce(amax, 0, x_lanes, T.max) / T.float32(127)
+            qscale[0] = lane_reduce(amax, 0, x_lanes, T.max) / T.float32(127)
         else:
             qscale[0] = T.float32(1.0 / given_inv)
         if pad is None:
             xp = T.decl_buffer(x_shape, "float32", data=x.data)
         else:
             xp = T.decl_buffer(pad[0], "float32")
-            for n in range(pad[0][0]):
-                for c in T.parallel(pad[0][1]):
-                    for h in range(pad[0][2]):
-                        for w in range(pad[0][3]):
-                            xp[n, c, h, w] = pad[1](x, n, c, h, w)
+            pad_copy(x, xp, pad[1])
         if gather is None and mode == "fp32":
             xcol = T.decl_buffer((k_extent, p_extent), "float32", data=x.data)
         else:
@@ -392,7 +423,7 @@ def _make_kernel(
                             xrep[columns[task, slot], e],
                             _sign_field(signs, task, slot, e, 1, word_bits), mode))
                 for i in T.unroll(br):
-                    store(yv, 0, task * br + i, 0, _lane_reduce(acc, i * bc, bc) * qscale[0])
+                    store(yv, 0, task * br + i, 0, lane_reduce(acc, i * bc, bc) * qscale[0])
         elif algorithm == "lut":
             for task in T.parallel(tiles * chunks):
                 lut = T.decl_buffer((k_extent // g, nent, vl), "float32")
@@ -409,7 +440,7 @@ def _make_kernel(
                         for v in T.vectorized(vl):
                             lut[r, pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
                 for rr in range(nbr // chunks):
-                    rb = task % chunks * (nbr // chunks) + rr
+                    rb: T.let[T.int32] = task % chunks * (nbr // chunks) + rr  # a plain name is a heap-allocated local
                     acc = T.decl_buffer((br, vl), "float32")
                     part = T.decl_buffer((br, vl), "float32")
                     zero(acc, br, vl)
@@ -428,7 +459,7 @@ def _make_kernel(
                             store(yv, task // chunks * vl, rb * br + i, v, acc[i, v])
         else:
             for task in T.parallel(tiles * nbr):
-                rb = task % nbr
+                rb: T.let[T.int32] = task % nbr
                 acc = T.decl_buffer((br, vl), "float32")
                 part = T.decl_buffer((br, vl), adtype)
                 zero(acc, br, vl)
@@ -450,7 +481,7 @@ def _make_kernel(
     return _with_params(kernel, params, decls)
 
 
-def _tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:
+def tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:
     """k -> (c, r, s) for the weight's matrix layout (see ``format.py``)."""
     if layout == "tap":
         return lambda k: (k % channels, k // channels // kw, k // channels % kw)
@@ -497,25 +528,11 @@ def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "
                    act_scale: float | None = None, lanes: int = DEFAULT_LANES,
                    algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
     """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, *epilogue operands, y)."""
-    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    (kh, kw) = g.kernel
     pt, pl, pb, pr = g.padding
     oh, ow = g.out_hw
     q = oh * ow
-    vl_conv = pick_lanes(q, lanes)
     pad_shape = (g.batch, g.in_channels, g.height + pt + pb, g.width + pl + pr)
-    decode = _tap_decoder(layout, g.in_channels, kh, kw)
-
-    def gather(xp, k, p0, v):
-        c, r, s = decode(k)
-        if ow % vl_conv == 0:  # a tile lies inside one output row: contiguous loads when stride is 1
-            oh_, ow_ = p0 % q // ow, p0 % ow + v
-        else:
-            oh_, ow_ = (p0 % q + v) // ow, (p0 % q + v) % ow
-        return xp[p0 // q, c, oh_ * sh + r * dh, ow_ * sw + s * dw]
-
-    def padded(x, n, c, h, w):
-        inside = tvm.tirx.all(h >= pt, h < pt + g.height, w >= pl, w < pl + g.width)
-        return T.if_then_else(inside, x[n, c, h - pt, w - pl], T.float32(0))
 
     def store_index(p0, row, v):
         return (p0 // q, row, p0 % q + v)
@@ -523,8 +540,9 @@ def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "
     algorithm = algorithm or default_algorithm(mode, g.batch * q)
     kernel = _make_kernel(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
-        g.in_channels * kh * kw, g.batch * q, q, gather=None if g.reads_input_in_place else gather,
-        pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, padded), store_index=store_index, ell=ell,
+        g.in_channels * kh * kw, g.batch * q, q,
+        gather=None if g.reads_input_in_place else conv_gather(g, layout, pick_lanes(q, lanes)),
+        pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index=store_index, ell=ell,
         mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
     shape = {"op": "conv2d", "geometry": asdict(g), "layout": layout}
     return _with_recipe(kernel, shape, ell, mode, act_scale, lanes, algorithm, epilogue)
