@@ -34,7 +34,7 @@ from tvm import relax
 from tvm.ir.transform import PassContext, module_pass
 
 from ..kernels.unified_gemm import ELL_ARGS, AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
-from .lower_unified_blocks import _static_shape
+from .lower_unified_blocks import static_tensor_shape
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 CLIPS = {"relax.nn.relu": (0.0, None), "relax.nn.relu6": (0.0, 6.0)}
@@ -100,7 +100,7 @@ class _Chain:
         """The epilogue step for ``binding`` (which uses ``value`` once), or None where fusion stops."""
         call = binding.value
         if (not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op)
-                or _static_shape(binding.var) != self.shape):
+                or static_tensor_shape(binding.var) != self.shape):
             return None
         name = call.op.name
         if name in CLIPS:
@@ -117,7 +117,7 @@ class _Chain:
         """``value <op> other`` (``first``) or ``other <op> value`` as a step."""
         constant = self.constant(other)
         if constant is None:
-            return AddTensor(other) if name == "relax.add" and _static_shape(other) == self.shape else None
+            return AddTensor(other) if name == "relax.add" and static_tensor_shape(other) == self.shape else None
         vector = _per_channel(constant, self.shape)
         if vector is None:
             return None
@@ -162,7 +162,7 @@ class FuseUnifiedEpilogue:
         fused: dict[relax.Var, relax.Call] = {}  # a chain's last variable -> the fused call
         for binding in block.bindings:
             recipe = self._unfused_recipe(mod, binding)
-            shape = _static_shape(binding.var)
+            shape = static_tensor_shape(binding.var)
             if recipe is None or shape is None:
                 continue
             chain, steps = self._follow(binding, users, _Chain(constants, shape), taken)

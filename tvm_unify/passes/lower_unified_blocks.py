@@ -48,7 +48,9 @@ def layer_names(module: torch.nn.Module) -> dict[str, str]:
 Dims = Conv2dGeometry | tuple[int, int, int]
 
 
-def _static_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+def static_tensor_shape(expr: relax.Expr) -> tuple[int, ...] | None:
+    """The shape of a float32 tensor expression whose dimensions are all constants, else None (the
+    kernels are generated per shape)."""
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != "float32":
         return None
@@ -107,7 +109,7 @@ class LowerUnifiedBlocks:
         weight = matches[self.weight].value.numpy()
         is_conv = self.conv2d in matches
         op = "conv2d" if is_conv else "linear"
-        x_shape = _static_shape(matches[self.x])
+        x_shape = static_tensor_shape(matches[self.x])
         fingerprint = weight_fingerprint(weight)
         if (fingerprint, x_shape) in self._kept_dense:  # rewrite_call revisits what it left unchanged
             return expr
