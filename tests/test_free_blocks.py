@@ -56,7 +56,7 @@ def both_parts(weight: np.ndarray, block, layout: str, make_unified, make_free, 
     enc = verify(weight, BlockSpec(*block, layout, allow_free=True)).encoded
     ell, fell = to_ell(enc), to_free_ell(enc)
     free = run(make_free(fell), x, [fell.columns, fell.values], out_shape)
-    unified = run(make_unified(ell), x, [ell.columns, ell.scales, ell.signs], out_shape)
+    unified = run(make_unified(ell), x, list(ell.arrays), out_shape)
     return free, unified + free
 
 

@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
 from tvm_unify.kernels import Conv2dGeometry, to_ell, unified_conv2d, unified_dense
+from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, row_groups
 from unified_weights import project
 
 HOST = tvm.target.Target({"kind": "llvm"})
@@ -23,7 +24,7 @@ BLOCKS = [(1, 4), (4, 1), (2, 2), (4, 4), (1, 8), (2, 4), (8, 1)]
 def run_kernel(func, x: np.ndarray, ell, out_shape) -> np.ndarray:
     lib = tvm.compile(func, target=HOST)
     y = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
-    lib(*[tvm.runtime.tensor(a) for a in (x, ell.columns, ell.scales, ell.signs)], y)
+    lib(*[tvm.runtime.tensor(a) for a in (x, *ell.arrays)], y)
     return y.numpy()
 
 
@@ -115,4 +116,26 @@ def test_ell_pads_rows_with_zero_scale_slots():
     ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
     assert ell.columns.tolist() == [[0, 1], [1, 0]]
     assert ell.scales.tolist() == [[0.5, 0.25], [1.0, 0.0]]
-    assert ell.signs.dtype == np.uint8 and ell.signs[0, 1, 0] == 0xFF and ell.padding == 0.25
+    assert ell.signs.dtype == np.uint8 and ell.signs[0, 1, 0] == 0xFF
+    assert ell.groups == (RowGroup(0, 1, 2), RowGroup(1, 1, 1)) and ell.padding == 0.0
+
+
+def test_ell_sorts_rows_longest_first_and_groups_them():
+    w = np.zeros((8, 8), dtype=np.float32)
+    w[4:6, :] = 0.5  # block row 2: two blocks
+    w[6:8, 0:4] = 1.0  # block row 3: one block; rows 0 and 1 are empty
+    ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
+    assert ell.order.tolist() == [2, 3, 0, 1] and ell.counts.tolist() == [2, 1, 0, 0]
+    assert ell.groups == (RowGroup(0, 1, 2), RowGroup(1, 1, 1), RowGroup(2, 2, 0))
+
+
+def test_row_groups_cut_padding_and_cover_every_row():
+    counts = np.sort(np.random.default_rng(0).integers(0, 40, size=97))[::-1]
+    groups = row_groups(counts)
+    assert 1 < len(groups) <= MAX_GROUPS and groups[0].start == 0
+    assert all(a.start + a.size == b.start for a, b in zip(groups, groups[1:]))
+    assert groups[-1].start + groups[-1].size == len(counts)
+    assert all(g.width == counts[g.start] for g in groups)
+    computed = sum(g.size * g.width for g in groups)
+    assert computed < 0.7 * len(counts) * counts.max()  # one group would pad every row to the longest
+    assert row_groups(np.full(10, 7)) == (RowGroup(0, 10, 7),)  # equal rows: nothing to gain

@@ -26,9 +26,11 @@ Register accumulators carry their vector lanes explicitly (TIR's vectorize-with-
 and live in default-scope buffers: TVM 0.27 heap-allocates ``local`` buffers inside a parallel loop
 (one TVMBackendAllocWorkspace call each), which also kept LLVM from promoting them to registers.
 
-*Tunable by design*: every loop bound is a compile-time constant (blocked ELL pads rows to equal
-length), so meta-schedule's DisallowDynamicLoop accepts the access pattern, and each kernel is a
-template whose knobs (``lanes``, ``algorithm``, MIN_TASKS, LUT_BITS) a tuner can search. We read the
+*Tunable by design*: every loop bound is a compile-time constant (blocked ELL: block rows sorted by
+length and cut into row groups, each padded to equal length and run as its own loop nest), so
+meta-schedule's DisallowDynamicLoop accepts the access pattern, and each kernel is a template whose
+knobs (``lanes``, ``algorithm``, MIN_TASKS, ROW_TASKS, LUT_BITS) a tuner can search. Every parallel task
+owns every ``chunks``-th sorted row of each group, so tasks get equal work. We read the
 block pattern from constant arrays rather than unrolling it into code (SparseRT-style): one index load
 per block is amortized over a vector of pixels, and code size stays independent of the weight count.
 
@@ -64,9 +66,10 @@ MODES = ("fp32", "int8")
 ALGORITHMS = ("lut", "direct", "gemv")
 DEFAULT_LANES = 16
 LUT_BITS = 4  # a lookup table holds the 2**4 signed sums of 4 consecutive inputs
-MIN_TASKS = 4
+MIN_TASKS = 4  # parallel tasks of a lut kernel (each builds its tile's table)
+ROW_TASKS = 16  # of the direct and gemv kernels (no per-task set-up: finer load balance)
 RECIPE_ATTR = "tvm_unify.recipe"
-ELL_ARGS = (1, 2, 3)  # call arguments holding the blocked-ELL arrays (columns, scales, signs)
+ELL_ARGS = (1, 2, 3, 4)  # call arguments holding the blocked-ELL arrays (``EllWeight.arrays``)
 
 
 @dataclass(frozen=True)
@@ -255,15 +258,39 @@ def lane_reduce(buf: tvm.tirx.Buffer, start: int, count: int, combine=lambda a, 
     return total
 
 
-def _row_chunks(block_rows: int, tiles: int) -> int:
-    """Split block rows into chunks so that there are at least MIN_TASKS parallel tasks (each chunk
-    rebuilds its tile's table, so no more chunks than needed)."""
+def _row_chunks(block_rows: int, tiles: int, min_tasks: int) -> int:
+    """Split block rows into chunks so that there are at least ``min_tasks`` parallel tasks (a ``lut``
+    chunk rebuilds its tile's table, so no more chunks than needed)."""
     chunks = 1
-    while tiles * chunks < MIN_TASKS and chunks < block_rows:
+    while tiles * chunks < min_tasks and chunks < block_rows:
         chunks += 1
         while block_rows % chunks:
             chunks += 1
     return chunks
+
+
+@T.macro
+def _group_rows(chunk, groups, chunks, gi, body):
+    """``body(rb, width)`` for the rows of row group ``gi`` that chunk ``chunk`` of ``chunks`` owns
+    (every ``chunks``-th, so chunks of sorted rows get equal work)."""
+    if gi < len(groups):
+        for rr in range(-(-groups[gi].size // chunks)):
+            rb: T.let[T.int32] = groups[gi].start + rr * chunks + chunk  # a plain name is a heap-allocated local
+            if groups[gi].size % chunks == 0:
+                body(rb, groups[gi].width)
+            elif rr * chunks + chunk < groups[gi].size:
+                body(rb, groups[gi].width)
+
+
+@T.macro
+def each_row(chunk, groups, chunks, body):
+    """``body(rb, width)`` for every sorted block row ``rb`` that chunk ``chunk`` owns, one static loop
+    nest per row group (``ell.py``; one call per group up to MAX_GROUPS = 4: TVMScript has no loop
+    over Python values)."""
+    _group_rows(chunk, groups, chunks, 0, body)
+    _group_rows(chunk, groups, chunks, 1, body)
+    _group_rows(chunk, groups, chunks, 2, body)
+    _group_rows(chunk, groups, chunks, 3, body)
 
 
 def _apply_sign(value, bit, mode: str):
@@ -363,7 +390,8 @@ def _make_kernel(
     g = min(bc, LUT_BITS)  # sign bits per table lookup
     nent, g_low = 1 << g, min(g, 2)
     nlow = 1 << g_low
-    chunks = _row_chunks(nbr, tiles)
+    chunks = _row_chunks(nbr, tiles, MIN_TASKS if algorithm == "lut" else ROW_TASKS)
+    groups = ell.groups
     given_inv = 1.0 / act_scale if act_scale else 1.0
     params, decls, finish = _bind_epilogue(epilogue, y_shape[1], y_shape, y_view)
 
@@ -374,7 +402,7 @@ def _make_kernel(
     @T.prim_func(check_well_formed=False)  # the epilogue's parameters are added after parsing
     def kernel(x: T.Buffer(x_shape, "float32"), columns: T.Buffer((nbr, width), "int32"),
                scales: T.Buffer((nbr, width), "float32"), signs: T.Buffer((nbr, width, nword), sdtype),
-               y: T.Buffer(y_shape, "float32")):
+               order: T.Buffer((nbr,), "int32"), y: T.Buffer(y_shape, "float32")):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
         xflat = T.decl_buffer((x_size,), "float32", data=x.data)
         yv = T.decl_buffer(y_view, "float32", data=y.data)
@@ -413,17 +441,21 @@ def _make_kernel(
             for c in T.parallel(k_extent // bc):
                 for e in T.vectorized(br * bc):
                     xrep[c, e] = xcol[c * bc + e % bc, 0]
-            for task in T.parallel(nbr):
-                acc = T.decl_buffer((br * bc,), "float32")
-                for e in T.vectorized(br * bc):
-                    acc[e] = T.float32(0)
-                for slot in range(width):
+            for task in T.parallel(chunks):
+                @T.inline
+                def gemv_row(rb, slots):
+                    acc = T.decl_buffer((br * bc,), "float32")
                     for e in T.vectorized(br * bc):
-                        acc[e] = acc[e] + scales[task, slot] * T.Cast("float32", _apply_sign(
-                            xrep[columns[task, slot], e],
-                            _sign_field(signs, task, slot, e, 1, word_bits), mode))
-                for i in T.unroll(br):
-                    store(yv, 0, task * br + i, 0, lane_reduce(acc, i * bc, bc) * qscale[0])
+                        acc[e] = T.float32(0)
+                    for slot in range(slots):
+                        for e in T.vectorized(br * bc):
+                            acc[e] = acc[e] + scales[rb, slot] * T.Cast("float32", _apply_sign(
+                                xrep[columns[rb, slot], e],
+                                _sign_field(signs, rb, slot, e, 1, word_bits), mode))
+                    for i in T.unroll(br):
+                        store(yv, 0, order[rb] * br + i, 0, lane_reduce(acc, i * bc, bc) * qscale[0])
+
+                each_row(task, groups, chunks, gemv_row)
         elif algorithm == "lut":
             for task in T.parallel(tiles * chunks):
                 lut = T.decl_buffer((k_extent // g, nent, vl), "float32")
@@ -439,12 +471,13 @@ def _make_kernel(
                     for pat in T.unroll(nent):
                         for v in T.vectorized(vl):
                             lut[r, pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
-                for rr in range(nbr // chunks):
-                    rb: T.let[T.int32] = task % chunks * (nbr // chunks) + rr  # a plain name is a heap-allocated local
+
+                @T.inline
+                def lut_row(rb, slots):
                     acc = T.decl_buffer((br, vl), "float32")
                     part = T.decl_buffer((br, vl), "float32")
                     zero(acc, br, vl)
-                    for slot in range(width):
+                    for slot in range(slots):
                         zero(part, br, vl)
                         for i in T.unroll(br):
                             for gi in T.unroll(bc // g):
@@ -456,27 +489,32 @@ def _make_kernel(
                                 acc[i, v] = acc[i, v] + part[i, v] * scales[rb, slot]
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
-                            store(yv, task // chunks * vl, rb * br + i, v, acc[i, v])
+                            store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v])
+
+                each_row(task % chunks, groups, chunks, lut_row)
         else:
-            for task in T.parallel(tiles * nbr):
-                rb: T.let[T.int32] = task % nbr
-                acc = T.decl_buffer((br, vl), "float32")
-                part = T.decl_buffer((br, vl), adtype)
-                zero(acc, br, vl)
-                for slot in range(width):
-                    zero(part, br, vl)
-                    for j in T.unroll(bc):
+            for task in T.parallel(tiles * chunks):
+                @T.inline
+                def direct_row(rb, slots):
+                    acc = T.decl_buffer((br, vl), "float32")
+                    part = T.decl_buffer((br, vl), adtype)
+                    zero(acc, br, vl)
+                    for slot in range(slots):
+                        zero(part, br, vl)
+                        for j in T.unroll(bc):
+                            for i in T.unroll(br):
+                                for v in T.vectorized(vl):
+                                    part[i, v] = part[i, v] + _apply_sign(
+                                        xcol[columns[rb, slot] * bc + j, task // chunks * vl + v],
+                                        _sign_field(signs, rb, slot, i * bc + j, 1, word_bits), mode)
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
-                                part[i, v] = part[i, v] + _apply_sign(
-                                    xcol[columns[rb, slot] * bc + j, task // nbr * vl + v],
-                                    _sign_field(signs, rb, slot, i * bc + j, 1, word_bits), mode)
+                                acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
-                            acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
-                for i in T.unroll(br):
-                    for v in T.vectorized(vl):
-                        store(yv, task // nbr * vl, rb * br + i, v, acc[i, v] * qscale[0])
+                            store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v] * qscale[0])
+
+                each_row(task % chunks, groups, chunks, direct_row)
 
     return _with_params(kernel, params, decls)
 
@@ -527,7 +565,8 @@ def regenerate(recipe: dict, ell_arrays: Sequence[np.ndarray], epilogue: Sequenc
 def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "fp32",
                    act_scale: float | None = None, lanes: int = DEFAULT_LANES,
                    algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
-    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, *epilogue operands, y)."""
+    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, order, *epilogue
+    operands, y)."""
     (kh, kw) = g.kernel
     pt, pl, pb, pr = g.padding
     oh, ow = g.out_hw
@@ -551,7 +590,7 @@ def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "
 def unified_dense(batch: int, in_features: int, out_features: int, ell: EllWeight, mode: str = "fp32",
                   act_scale: float | None = None, lanes: int = DEFAULT_LANES,
                   algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
-    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, columns, scales, signs, *epilogue
+    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, columns, scales, signs, order, *epilogue
     operands, y)."""
 
     def gather(x, k, p0, v):

@@ -8,7 +8,7 @@ Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
 - verify: every block of W is checked numerically (``format.analyze``) against the file's spec when
   there is one (never trusted: a wrong block shape or sparsity claim fails), else against the candidate
   block shapes; a layer that fails stays dense, and the report says why;
-- rewrite: ``R.call_tir(kernel, [x, columns, scales, signs])`` with the kernel specialized to the
+- rewrite: ``R.call_tir(kernel, [x, columns, scales, signs, order])`` with the kernel specialized to the
   layer's shapes and block pattern; a weight whose spec allows free (dense) blocks and has some gets
   ``R.add(that call, R.call_tir(free_kernel, [x, columns, values]))`` (``kernels/free_blocks.py``).
   Bias, BatchNorm and activations around it stay Relax ops, which the default pipeline legalizes and
@@ -156,7 +156,7 @@ class LowerUnifiedBlocks:
         else:
             kernel = unified_dense(*dims, ell, self.mode, act_scale, self.lanes)
         gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
-        args = [x, relax.const(ell.columns), relax.const(ell.scales), relax.const(ell.signs)]
+        args = [x, *(relax.const(a) for a in ell.arrays)]
         return relax.call_tir(gvar, args, ty), ell
 
     def _free_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,

@@ -18,7 +18,7 @@ class LayerReport:
     sparsity: float | None = None
     bytes_dense: int = 0
     bytes_after: int = 0
-    padding: float | None = None  # fraction of blocked-ELL slots that are padding
+    padding: float | None = None  # fraction of the blocked-ELL slots the kernel computes that are padding
     free_blocks: int = 0  # dense-valued blocks, computed by the free-block kernel
     free_padding: float | None = None  # the same fraction for the free blocks' ELL
 
