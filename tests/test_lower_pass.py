@@ -158,8 +158,8 @@ def test_cli_compile_prints_report(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
-@pytest.mark.parametrize("mode", ["fp32", "int8"])
+@pytest.mark.parametrize("name, mode", [("resnet18", "fp32"), ("resnet18", "int8"), ("mobilenetv2", "fp32"),
+                                        ("mobilenetv2", "int8"), ("resnet18-224", "fp32"), ("mobilenetv2-224", "fp32")])
 def test_unified_builtin_end_to_end(tmp_path, name, mode):
     compile_and_compare(tmp_path, name, mode)
 
