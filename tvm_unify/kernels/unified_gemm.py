@@ -1,13 +1,17 @@
 """TIR kernels for unified weights: conv2d and linear as one block-sparse GEMM, fp32 or int8.
 
 Both ops compute ``Y[O, P] = W[O, K] @ X[K, P]`` with W in blocked ELL (``ell.py``); linear is the GEMM
-with P = batch, conv2d an *explicit-im2col GEMM*: a first stage copies the input into a zero-padded
-buffer (only if the conv pads) and gathers ``X[k, p]`` (k = input channel and tap in the weight's
-layout, p = output pixel) with no bounds checks, vectorized over a tile of pixels that lies in one
-output row when it can (contiguous loads at stride 1). A 1x1/stride-1 conv at batch 1 and a batch-1
-linear read their input in place. We chose im2col over a direct conv because the GEMM then vectorizes
-over pixels whatever the stride, padding and dilation, and the gather is one pass over K*P values,
-small against the GEMM on every ResNet-18 / MobileNetV2 layer we measured.
+with P = batch, conv2d an *implicit-im2col GEMM*: ``X[k, p]`` (k = input channel and tap in the weight's
+layout, p = output pixel) is gathered from the input, first copied into a zero-padded buffer if the
+conv pads so that the gather needs no bounds checks, and vectorized over a tile of pixels that lies in
+one output row when it can (contiguous loads at stride 1). We chose im2col over a direct conv because
+the GEMM then vectorizes over pixels whatever the stride, padding and dilation. The ``lut`` algorithm
+gathers straight into its tables (a tile's inputs stay in cache across the taps); ``direct`` and
+``gemv``, which read X at the blocks' columns many times, first stage it in a tile-major buffer
+``[tiles, K, lanes]`` (quantized to int8 in int8 mode), so that a task streams through one contiguous
+block instead of striding across K rows of P values (page-sized strides defeat the prefetchers:
+staging ``[K, P]`` and building the tables from it made a 64->64 3x3 conv at 32x32 1.6x slower). A
+1x1/stride-1 conv at batch 1 and a batch-1 linear read their fp32 input in place.
 
 Three GEMM algorithms (``default_algorithm`` picks):
 
@@ -242,11 +246,25 @@ def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int, word_bit
     return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32((1 << width) - 1))
 
 
-def _signed_sum(xcol: tvm.tirx.Buffer, k0, p, pattern, count: int):
-    """``sum_j (-1)^bit_j(pattern) * xcol[k0 + j, p]`` for j < count (a constant pattern after unrolling)."""
+def _x_at(src: tvm.tirx.Buffer, gather: Callable | None, k, p0, v):
+    """X[k, p0 + v] of the GEMM's input: ``gather(src, ...)`` from the (padded) input, or, with no
+    gather, the input itself viewed ``[K, P]``."""
+    return src[k, p0 + v] if gather is None else gather(src, k, p0, v)
+
+
+def _xcol_at(xcol: tvm.tirx.Buffer, k, t, vl: int, v):
+    """X[k, t * vl + v] from the staged GEMM input: tile-major ``[tiles, K, vl]`` (a tile's K x vl
+    values contiguous, so a kernel walking K for one tile streams through memory), or the input itself
+    viewed ``[K, P]``."""
+    return xcol[t, k, v] if len(xcol.shape) == 3 else xcol[k, t * vl + v]
+
+
+def _signed_sum(src: tvm.tirx.Buffer, gather: Callable | None, k0, p0, v, pattern, count: int):
+    """``sum_j (-1)^bit_j(pattern) * X[k0 + j, p0 + v]`` for j < count (a constant pattern after
+    unrolling)."""
     total = T.float32(0)
     for j in range(count):
-        total = total + T.Cast("float32", 1 - 2 * ((pattern >> j) & 1)) * xcol[k0 + j, p]
+        total = total + T.Cast("float32", 1 - 2 * ((pattern >> j) & 1)) * _x_at(src, gather, k0 + j, p0, v)
     return total
 
 
@@ -394,6 +412,9 @@ def _make_kernel(
     groups = ell.groups
     given_inv = 1.0 / act_scale if act_scale else 1.0
     params, decls, finish = _bind_epilogue(epilogue, y_shape[1], y_shape, y_view)
+    # The lut tables read the input directly; direct/gemv stage it (quantized for int8) in tile-major
+    # im2col, except an fp32 GEMM whose input already is X (a 1x1/stride-1 conv, a batch-1 linear).
+    staged = algorithm != "lut" and not (gather is None and mode == "fp32")
 
     @T.macro
     def store(yv, p0, row, v, value):
@@ -417,30 +438,30 @@ def _make_kernel(
             qscale[0] = lane_reduce(amax, 0, x_lanes, T.max) / T.float32(127)
         else:
             qscale[0] = T.float32(1.0 / given_inv)
-        if pad is None:
-            xp = T.decl_buffer(x_shape, "float32", data=x.data)
+        if gather is None:
+            src = T.decl_buffer((k_extent, p_extent), "float32", data=x.data)
+        elif pad is None:
+            src = T.decl_buffer(x_shape, "float32", data=x.data)
         else:
-            xp = T.decl_buffer(pad[0], "float32")
-            pad_copy(x, xp, pad[1])
-        if gather is None and mode == "fp32":
-            xcol = T.decl_buffer((k_extent, p_extent), "float32", data=x.data)
-        else:
-            xcol = T.decl_buffer((k_extent, p_extent), xdtype)
+            src = T.decl_buffer(pad[0], "float32")
+            pad_copy(x, src, pad[1])
+        if staged:
+            xcol = T.decl_buffer((tiles, k_extent, vl), xdtype)
             inv = T.float32(1) / qscale[0]
             for k in T.parallel(k_extent):
                 for t in range(tiles):
                     for v in T.vectorized(vl):
                         if mode == "fp32":
-                            xcol[k, t * vl + v] = gather(xp, k, t * vl, v)
-                        elif gather is None:
-                            xcol[k, t * vl + v] = _quantize(xflat[k * p_extent + t * vl + v], inv)
+                            xcol[t, k, v] = _x_at(src, gather, k, t * vl, v)
                         else:
-                            xcol[k, t * vl + v] = _quantize(gather(xp, k, t * vl, v), inv)
+                            xcol[t, k, v] = _quantize(_x_at(src, gather, k, t * vl, v), inv)
+        else:
+            xcol = src
         if algorithm == "gemv":
             xrep = T.decl_buffer((k_extent // bc, br * bc), xdtype)
             for c in T.parallel(k_extent // bc):
                 for e in T.vectorized(br * bc):
-                    xrep[c, e] = xcol[c * bc + e % bc, 0]
+                    xrep[c, e] = _xcol_at(xcol, c * bc + e % bc, 0, 1, 0)
             for task in T.parallel(chunks):
                 @T.inline
                 def gemv_row(rb, slots):
@@ -464,10 +485,11 @@ def _make_kernel(
                     high = T.decl_buffer((4, vl), "float32")
                     for q in T.unroll(nlow):
                         for v in T.vectorized(vl):
-                            low[q, v] = _signed_sum(xcol, r * g, task // chunks * vl + v, q, g_low)
+                            low[q, v] = _signed_sum(src, gather, r * g, task // chunks * vl, v, q, g_low)
                     for q in T.unroll(nent // nlow):
                         for v in T.vectorized(vl):
-                            high[q, v] = _signed_sum(xcol, r * g + g_low, task // chunks * vl + v, q, g - g_low)
+                            high[q, v] = _signed_sum(src, gather, r * g + g_low, task // chunks * vl, v, q,
+                                                     g - g_low)
                     for pat in T.unroll(nent):
                         for v in T.vectorized(vl):
                             lut[r, pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
@@ -505,7 +527,7 @@ def _make_kernel(
                             for i in T.unroll(br):
                                 for v in T.vectorized(vl):
                                     part[i, v] = part[i, v] + _apply_sign(
-                                        xcol[columns[rb, slot] * bc + j, task // chunks * vl + v],
+                                        _xcol_at(xcol, columns[rb, slot] * bc + j, task // chunks, vl, v),
                                         _sign_field(signs, rb, slot, i * bc + j, 1, word_bits), mode)
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
