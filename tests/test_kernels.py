@@ -13,18 +13,18 @@ import tvm
 from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
-from tvm_unify.kernels import Conv2dGeometry, to_ell, unified_conv2d, unified_dense
-from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, row_groups
+from tvm_unify.kernels import Conv2dGeometry, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
+from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, lut_bits, row_groups
 from unified_weights import project
 
 HOST = tvm.target.Target({"kind": "llvm"})
 BLOCKS = [(1, 4), (4, 1), (2, 2), (4, 4), (1, 8), (2, 4), (8, 1)]
 
 
-def run_kernel(func, x: np.ndarray, ell, out_shape) -> np.ndarray:
+def run_kernel(func, x: np.ndarray, weight, out_shape) -> np.ndarray:
     lib = tvm.compile(func, target=HOST)
     y = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
-    lib(*[tvm.runtime.tensor(a) for a in (x, *ell.arrays)], y)
+    lib(*[tvm.runtime.tensor(a) for a in (x, *weight.arrays)], y)
     return y.numpy()
 
 
@@ -69,8 +69,8 @@ def _conv(case, mode, algorithm=None):
     pt, pl, pb, pr = g.padding
     xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
-    ell = to_ell(enc)
-    ours = run_kernel(unified_conv2d(g, ell, layout, mode, algorithm=algorithm), x, ell, ref.shape)
+    weight = kernel_weight(to_ell(enc), mode, ref.shape[0] * ref.shape[2] * ref.shape[3], algorithm)
+    ours = run_kernel(unified_conv2d(g, weight, layout, mode, algorithm=algorithm), x, weight, ref.shape)
     check(ours, ref, x, w, layout, mode, out_axis=1)
 
 
@@ -93,10 +93,10 @@ def test_dense_matches_pytorch(block, out_blocks, in_blocks, batch, sparsity, mo
     rng = np.random.default_rng(seed)
     out, inp = block[0] * out_blocks, block[1] * in_blocks
     w = project(rng.standard_normal((out, inp)).astype(np.float32), block, sparsity)
-    ell = to_ell(verify(w, BlockSpec(*block)).encoded)
+    weight = kernel_weight(to_ell(verify(w, BlockSpec(*block)).encoded), mode, batch)
     x = rng.standard_normal((batch, inp)).astype(np.float32)
     ref = x @ w.T
-    ours = run_kernel(unified_dense(batch, inp, out, ell, mode), x, ell, ref.shape)
+    ours = run_kernel(unified_dense(batch, inp, out, weight, mode), x, weight, ref.shape)
     check(ours, ref, x, w, "tap", mode, out_axis=1)
 
 
@@ -127,6 +127,16 @@ def test_ell_sorts_rows_longest_first_and_groups_them():
     ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
     assert ell.order.tolist() == [2, 3, 0, 1] and ell.counts.tolist() == [2, 1, 0, 0]
     assert ell.groups == (RowGroup(0, 1, 2), RowGroup(1, 1, 1), RowGroup(2, 2, 0))
+
+
+def test_lut_entries_combine_column_and_sign_bits():
+    w = np.zeros((2, 16), dtype=np.float32)
+    w[0, 8:16] = [1, -1, 1, 1, -1, -1, -1, 1]  # one 1x8 block at block column 1
+    lut = to_lut(to_ell(verify(w, BlockSpec(1, 8)).encoded))
+    assert lut_bits(8) == 4 and lut.lookups == 2 and lut_bits(6) == 3 and lut_bits(5) == 1
+    # lookup j of column c reads entry (c * 2 + j) * 16 + its 4 sign bits (bit t: weight 4j + t negative)
+    assert lut.entries.dtype == np.uint16 and lut.entries[0, 0].tolist() == [2 * 16 + 0b0010, 3 * 16 + 0b0111]
+    assert lut.order.tolist() == [0, 1] and lut.scales.tolist() == [[1.0], [0.0]]
 
 
 def test_row_groups_cut_padding_and_cover_every_row():

@@ -17,9 +17,12 @@ Three GEMM algorithms (``default_algorithm`` picks):
 
 - ``lut`` (fp32, P > 1): per tile of ``lanes`` pixels, a table holds for every group of 4 consecutive
   inputs the 16 signed sums ``+-x0 +-x1 +-x2 +-x3`` (built from two 4-entry halves: 6 vector ops per
-  input); a 4-wide block row then costs one lookup, indexed by its 4 sign bits, and one FMA with the
-  block's scale, instead of 4 sign flips and 4 adds. The table is rebuilt per task, so tasks split block
-  rows only as far as needed for MIN_TASKS-way parallelism. 2.5-4x faster than ``direct`` on 3x3 convs.
+  input); a 4-wide block row then costs one lookup and one FMA with the block's scale, instead of 4
+  sign flips and 4 adds. The entry each lookup reads (block column and its 4 sign bits) is precomputed
+  (``ell.LutWeight``), so a lookup is one scalar load. A task builds its tile's table, so tasks split
+  block rows only as far as needed for MIN_TASKS-way parallelism; with fewer tiles than that (deep
+  layers at small resolutions, where one table can exceed the L2 cache) the tables of all tiles are
+  built once in a parallel pass and shared by the tasks. 2.5-4x faster than ``direct`` on 3x3 convs.
 - ``direct`` (fp32 or int8): per block, each weight flips the sign of a vector of inputs (XOR of the sign
   bit in fp32; ``(x ^ m) - m`` in int32 for int8) into a per-block partial sum, then one multiply by the
   block's scale per row. Its int8 x +-1 block dot products are the shape ARM ``sdot``/``i8mm`` tensorize.
@@ -64,16 +67,14 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .ell import EllWeight
+from .ell import EllWeight, LutWeight, lut_bits, to_lut
 
 MODES = ("fp32", "int8")
 ALGORITHMS = ("lut", "direct", "gemv")
 DEFAULT_LANES = 16
-LUT_BITS = 4  # a lookup table holds the 2**4 signed sums of 4 consecutive inputs
 MIN_TASKS = 4  # parallel tasks of a lut kernel (each builds its tile's table)
 ROW_TASKS = 16  # of the direct and gemv kernels (no per-task set-up: finer load balance)
 RECIPE_ATTR = "tvm_unify.recipe"
-ELL_ARGS = (1, 2, 3, 4)  # call arguments holding the blocked-ELL arrays (``EllWeight.arrays``)
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,28 @@ def _with_params(kernel: tvm.tirx.PrimFunc, params: list[tirx.Buffer], decls: li
     return func
 
 
-def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int, word_bits: int):
+def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int):
     """``width`` sign bits (uint32) of block ``(rb, slot)`` from bit ``bit`` (never straddles a word)."""
+    word_bits = tvm.DataType(signs.dtype).bits
     word = T.Cast("uint32", signs[rb, slot, bit // word_bits])
     return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32((1 << width) - 1))
+
+
+def _lookups(lut: tvm.tirx.Buffer, tile, entries: tvm.tirx.Buffer, rb, slot, i: int, v, lookups: int):
+    """Block row ``i`` of block ``(rb, slot)`` times the inputs of ``lut``'s tile ``tile``: the sum of its
+    table lookups."""
+    total = lut[tile, T.Cast("int32", entries[rb, slot, i * lookups]), v]
+    for j in range(1, lookups):
+        total = total + lut[tile, T.Cast("int32", entries[rb, slot, i * lookups + j]), v]
+    return total
+
+
+def _weight_buffers(weight: EllWeight | LutWeight) -> dict[str, tvm.tirx.Buffer]:
+    """TIR buffers for the weight's arrays, named after its fields, in ``arrays`` order: the kernel body
+    reads them, and they become its parameters after x."""
+    names = ("entries", "scales", "order") if isinstance(weight, LutWeight) else ("columns", "scales", "signs", "order")
+    return {name: tirx.decl_buffer(array.shape, str(array.dtype), name)
+            for name, array in zip(names, weight.arrays, strict=True)}
 
 
 def _x_at(src: tvm.tirx.Buffer, gather: Callable | None, k, p0, v):
@@ -376,7 +395,7 @@ def _make_kernel(
     gather: Callable | None,
     pad: tuple[tuple[int, ...], tuple[int, int]] | None,
     store_index: Callable,
-    ell: EllWeight,
+    weight: EllWeight | LutWeight,
     mode: str,
     act_scale: float | None,
     lanes: int,
@@ -387,14 +406,16 @@ def _make_kernel(
     viewed [K, P]); ``pad = (shape, (top, left))`` first copies the input into a zero-padded buffer
     that ``gather`` then reads without bounds checks; ``store_index(p0, row, v)`` maps an output
     row and pixel to an index of the output viewed ``y_view``; ``epilogue`` is applied to each value at
-    its store (output channel = row)."""
+    its store (output channel = row). The weight's arrays become the parameters after x, in order."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     vl = pick_lanes(group, lanes)
     tiles = p_extent // vl
-    br, bc, width = ell.rows, ell.cols, ell.width
-    nbr = ell.columns.shape[0]
-    nword, word_bits, sdtype = ell.signs.shape[2], ell.word_bits, str(ell.signs.dtype)
+    br, bc, width = weight.rows, weight.cols, weight.width
+    nbr = len(weight.order)
+    weight_params = _weight_buffers(weight)
+    columns, scales, signs, order, entries = (weight_params.get(name) for name in
+                                              ("columns", "scales", "signs", "order", "entries"))
     xdtype, adtype = ("float32", "float32") if mode == "fp32" else ("int8", "int32")
     x_size = 1
     for d in x_shape:
@@ -405,11 +426,16 @@ def _make_kernel(
     if (algorithm not in ALGORITHMS or (algorithm == "lut" and mode != "fp32")
             or (algorithm == "gemv" and p_extent != 1)):
         raise ValueError(f"algorithm {algorithm!r} does not exist for mode {mode} and {p_extent} columns")
-    g = min(bc, LUT_BITS)  # sign bits per table lookup
+    if (algorithm == "lut") != isinstance(weight, LutWeight):
+        raise ValueError(f"algorithm {algorithm!r} takes {'a LutWeight' if algorithm == 'lut' else 'an EllWeight'}")
+    g = lut_bits(bc)  # sign bits per table lookup
     nent, g_low = 1 << g, min(g, 2)
     nlow = 1 << g_low
-    chunks = _row_chunks(nbr, tiles, MIN_TASKS if algorithm == "lut" else ROW_TASKS)
-    groups = ell.groups
+    # With fewer pixel tiles than MIN_TASKS (deep layers at small resolutions), the tables are built once
+    # for all tiles in a parallel pass and shared, instead of once per task.
+    shared_tables = algorithm == "lut" and tiles < MIN_TASKS
+    chunks = _row_chunks(nbr, tiles, MIN_TASKS if algorithm == "lut" and not shared_tables else ROW_TASKS)
+    groups = weight.groups
     given_inv = 1.0 / act_scale if act_scale else 1.0
     params, decls, finish = _bind_epilogue(epilogue, y_shape[1], y_shape, y_view)
     # The lut tables read the input directly; direct/gemv stage it (quantized for int8) in tile-major
@@ -421,9 +447,7 @@ def _make_kernel(
         yv[store_index(p0, row, v)] = finish(value, row, store_index(p0, row, v))
 
     @T.prim_func(check_well_formed=False)  # the epilogue's parameters are added after parsing
-    def kernel(x: T.Buffer(x_shape, "float32"), columns: T.Buffer((nbr, width), "int32"),
-               scales: T.Buffer((nbr, width), "float32"), signs: T.Buffer((nbr, width, nword), sdtype),
-               order: T.Buffer((nbr,), "int32"), y: T.Buffer(y_shape, "float32")):
+    def kernel(x: T.Buffer(x_shape, "float32"), y: T.Buffer(y_shape, "float32")):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
         xflat = T.decl_buffer((x_size,), "float32", data=x.data)
         yv = T.decl_buffer(y_view, "float32", data=y.data)
@@ -472,43 +496,51 @@ def _make_kernel(
                         for e in T.vectorized(br * bc):
                             acc[e] = acc[e] + scales[rb, slot] * T.Cast("float32", _apply_sign(
                                 xrep[columns[rb, slot], e],
-                                _sign_field(signs, rb, slot, e, 1, word_bits), mode))
+                                _sign_field(signs, rb, slot, e, 1), mode))
                     for i in T.unroll(br):
                         store(yv, 0, order[rb] * br + i, 0, lane_reduce(acc, i * bc, bc) * qscale[0])
 
                 each_row(task, groups, chunks, gemv_row)
         elif algorithm == "lut":
+            @T.inline
+            def fill_table(lut, t, r, p0):
+                """Tile ``t``'s entries of input group ``r``: the signed sums of its g inputs at pixels p0.."""
+                low = T.decl_buffer((4, vl), "float32")
+                high = T.decl_buffer((4, vl), "float32")
+                for q in T.unroll(nlow):
+                    for v in T.vectorized(vl):
+                        low[q, v] = _signed_sum(src, gather, r * g, p0, v, q, g_low)
+                for q in T.unroll(nent // nlow):
+                    for v in T.vectorized(vl):
+                        high[q, v] = _signed_sum(src, gather, r * g + g_low, p0, v, q, g - g_low)
+                for pat in T.unroll(nent):
+                    for v in T.vectorized(vl):
+                        lut[t, r * nent + pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
+
+            if shared_tables:
+                tables = T.decl_buffer((tiles, k_extent // g * nent, vl), "float32")
+                for r in T.parallel(k_extent // g):
+                    for t in range(tiles):
+                        fill_table(tables, t, r, t * vl)
             for task in T.parallel(tiles * chunks):
-                lut = T.decl_buffer((k_extent // g, nent, vl), "float32")
-                for r in range(k_extent // g):
-                    low = T.decl_buffer((4, vl), "float32")
-                    high = T.decl_buffer((4, vl), "float32")
-                    for q in T.unroll(nlow):
-                        for v in T.vectorized(vl):
-                            low[q, v] = _signed_sum(src, gather, r * g, task // chunks * vl, v, q, g_low)
-                    for q in T.unroll(nent // nlow):
-                        for v in T.vectorized(vl):
-                            high[q, v] = _signed_sum(src, gather, r * g + g_low, task // chunks * vl, v, q,
-                                                     g - g_low)
-                    for pat in T.unroll(nent):
-                        for v in T.vectorized(vl):
-                            lut[r, pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
+                if shared_tables:
+                    lut = tables
+                    lut_tile: T.let[T.int32] = task // chunks
+                else:
+                    lut = T.decl_buffer((1, k_extent // g * nent, vl), "float32")
+                    lut_tile: T.let[T.int32] = 0
+                    for r in range(k_extent // g):
+                        fill_table(lut, 0, r, task // chunks * vl)
 
                 @T.inline
                 def lut_row(rb, slots):
                     acc = T.decl_buffer((br, vl), "float32")
-                    part = T.decl_buffer((br, vl), "float32")
                     zero(acc, br, vl)
                     for slot in range(slots):
-                        zero(part, br, vl)
                         for i in T.unroll(br):
-                            for gi in T.unroll(bc // g):
-                                for v in T.vectorized(vl):
-                                    part[i, v] = part[i, v] + lut[
-                                        columns[rb, slot] * (bc // g) + gi,
-                                        _sign_field(signs, rb, slot, i * bc + gi * g, g, word_bits), v]
                             for v in T.vectorized(vl):
-                                acc[i, v] = acc[i, v] + part[i, v] * scales[rb, slot]
+                                acc[i, v] = acc[i, v] + scales[rb, slot] * _lookups(
+                                    lut, lut_tile, entries, rb, slot, i, v, bc // g)
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
                             store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v])
@@ -528,7 +560,7 @@ def _make_kernel(
                                 for v in T.vectorized(vl):
                                     part[i, v] = part[i, v] + _apply_sign(
                                         _xcol_at(xcol, columns[rb, slot] * bc + j, task // chunks, vl, v),
-                                        _sign_field(signs, rb, slot, i * bc + j, 1, word_bits), mode)
+                                        _sign_field(signs, rb, slot, i * bc + j, 1), mode)
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
                                 acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
@@ -538,7 +570,7 @@ def _make_kernel(
 
                 each_row(task % chunks, groups, chunks, direct_row)
 
-    return _with_params(kernel, params, decls)
+    return _with_params(kernel, [*weight_params.values(), *params], decls)
 
 
 def tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:
@@ -557,12 +589,27 @@ def default_algorithm(mode: str, columns: int) -> str:
     return "lut" if mode == "fp32" else "direct"
 
 
-def _with_recipe(kernel: tvm.tirx.PrimFunc, shape: dict, ell: EllWeight, mode: str, act_scale: float | None,
-                 lanes: int, algorithm: str, epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
-    """Attach what ``regenerate`` needs besides the call's arguments (``shape``: op and its dimensions)."""
+def kernel_weight(ell: EllWeight, mode: str, columns: int, algorithm: str | None = None) -> EllWeight | LutWeight:
+    """The weight in the form ``algorithm`` (default: ``default_algorithm``) reads: ``LutWeight`` for
+    ``lut``, else ``ell`` itself. Its ``arrays`` are the kernel's constant arguments."""
+    return to_lut(ell) if (algorithm or default_algorithm(mode, columns)) == "lut" else ell
+
+
+def _resolve_algorithm(weight: EllWeight | LutWeight, columns: int, algorithm: str | None) -> str:
+    """The algorithm a weight's form implies when none is given: ``lut`` for a ``LutWeight``, else the
+    sign-apply kernel for the column count."""
+    if algorithm is not None:
+        return algorithm
+    return "lut" if isinstance(weight, LutWeight) else ("gemv" if columns == 1 else "direct")
+
+
+def _with_recipe(kernel: tvm.tirx.PrimFunc, shape: dict, weight: EllWeight | LutWeight, mode: str,
+                 act_scale: float | None, lanes: int, algorithm: str, epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
+    """Attach what ``regenerate`` needs besides the call's arguments (``shape``: op and its dimensions;
+    ``ell_args``: the call arguments that hold the weight's arrays)."""
     recipe = {**shape, "mode": mode, "act_scale": None if act_scale is None else float(act_scale),
-              "lanes": lanes, "algorithm": algorithm, "block": [ell.rows, ell.cols], "ell_args": list(ELL_ARGS),
-              "epilogue": [step.describe() for step in epilogue]}
+              "lanes": lanes, "algorithm": algorithm, "block": [weight.rows, weight.cols],
+              "ell_args": list(range(1, 1 + len(weight.arrays))), "epilogue": [step.describe() for step in epilogue]}
     return kernel.with_attr(RECIPE_ATTR, json.dumps(recipe))
 
 
@@ -572,23 +619,23 @@ def recipe_of(func: tvm.ir.BaseFunc) -> dict | None:
     return None if text is None else json.loads(str(text))
 
 
-def regenerate(recipe: dict, ell_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
-    """The kernel ``recipe`` describes, on the blocked-ELL arrays of its call (arguments ``ELL_ARGS``), with
-    ``epilogue`` instead of the recipe's own."""
-    ell = EllWeight(*recipe["block"], *ell_arrays)
+def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
+    """The kernel ``recipe`` describes, on the weight arrays of its call (arguments ``recipe["ell_args"]``),
+    with ``epilogue`` instead of the recipe's own."""
+    form = LutWeight if recipe["algorithm"] == "lut" else EllWeight
+    weight = form(*recipe["block"], *weight_arrays)
     options = {"mode": recipe["mode"], "act_scale": recipe["act_scale"], "lanes": recipe["lanes"],
                "algorithm": recipe["algorithm"], "epilogue": epilogue}
     if recipe["op"] == "conv2d":
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["geometry"].items()}
-        return unified_conv2d(Conv2dGeometry(**fields), ell, recipe["layout"], **options)
-    return unified_dense(*recipe["dims"], ell, **options)
+        return unified_conv2d(Conv2dGeometry(**fields), weight, recipe["layout"], **options)
+    return unified_dense(*recipe["dims"], weight, **options)
 
 
-def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "fp32",
+def unified_conv2d(g: Conv2dGeometry, weight: EllWeight | LutWeight, layout: str, mode: str = "fp32",
                    act_scale: float | None = None, lanes: int = DEFAULT_LANES,
                    algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
-    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, columns, scales, signs, order, *epilogue
-    operands, y)."""
+    """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, *weight.arrays, *epilogue operands, y)."""
     (kh, kw) = g.kernel
     pt, pl, pb, pr = g.padding
     oh, ow = g.out_hw
@@ -598,22 +645,22 @@ def unified_conv2d(g: Conv2dGeometry, ell: EllWeight, layout: str, mode: str = "
     def store_index(p0, row, v):
         return (p0 // q, row, p0 % q + v)
 
-    algorithm = algorithm or default_algorithm(mode, g.batch * q)
+    algorithm = _resolve_algorithm(weight, g.batch * q, algorithm)
     kernel = _make_kernel(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
         g.in_channels * kh * kw, g.batch * q, q,
         gather=None if g.reads_input_in_place else conv_gather(g, layout, pick_lanes(q, lanes)),
-        pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index=store_index, ell=ell,
-        mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
+        pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index=store_index,
+        weight=weight, mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
     shape = {"op": "conv2d", "geometry": asdict(g), "layout": layout}
-    return _with_recipe(kernel, shape, ell, mode, act_scale, lanes, algorithm, epilogue)
+    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, epilogue)
 
 
-def unified_dense(batch: int, in_features: int, out_features: int, ell: EllWeight, mode: str = "fp32",
-                  act_scale: float | None = None, lanes: int = DEFAULT_LANES,
+def unified_dense(batch: int, in_features: int, out_features: int, weight: EllWeight | LutWeight,
+                  mode: str = "fp32", act_scale: float | None = None, lanes: int = DEFAULT_LANES,
                   algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
-    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, columns, scales, signs, order, *epilogue
-    operands, y)."""
+    """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, *weight.arrays, *epilogue operands,
+    y)."""
 
     def gather(x, k, p0, v):
         return x[p0 + v, k]
@@ -621,14 +668,14 @@ def unified_dense(batch: int, in_features: int, out_features: int, ell: EllWeigh
     def store_index(p0, row, v):
         return (p0 + v, row)
 
-    algorithm = algorithm or default_algorithm(mode, batch)
+    algorithm = _resolve_algorithm(weight, batch, algorithm)
     kernel = _make_kernel((batch, in_features), (batch, out_features), in_features, batch, batch,
-                          gather=None if batch == 1 else gather, pad=None, store_index=store_index, ell=ell,
+                          gather=None if batch == 1 else gather, pad=None, store_index=store_index, weight=weight,
                           mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
     shape = {"op": "linear", "dims": [batch, in_features, out_features]}
-    return _with_recipe(kernel, shape, ell, mode, act_scale, lanes, algorithm, epilogue)
+    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, epilogue)
 
 
-__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "ELL_ARGS", "MODES",
-           "RECIPE_ATTR", "Step", "default_algorithm", "fold_epilogue", "pick_lanes", "recipe_of", "regenerate",
+__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "MODES", "RECIPE_ATTR",
+           "Step", "default_algorithm", "fold_epilogue", "kernel_weight", "pick_lanes", "recipe_of", "regenerate",
            "unified_conv2d", "unified_dense"]

@@ -33,7 +33,7 @@ import tvm
 from tvm import relax
 from tvm.ir.transform import PassContext, module_pass
 
-from ..kernels.unified_gemm import ELL_ARGS, AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
+from ..kernels.unified_gemm import AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
 from .lower_unified_blocks import static_tensor_shape
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -183,7 +183,8 @@ class FuseUnifiedEpilogue:
             return None
         recipe = recipe_of(mod[call.args[0]])
         args = call.args[1].fields
-        if recipe is None or recipe["epilogue"] or not all(isinstance(args[i], tvm.ir.GenericConst) for i in ELL_ARGS):
+        if recipe is None or recipe["epilogue"] or not all(isinstance(args[i], tvm.ir.GenericConst)
+                                                           for i in recipe["ell_args"]):
             return None
         return recipe
 
@@ -209,7 +210,7 @@ class FuseUnifiedEpilogue:
         """``head``'s call with its kernel regenerated to apply ``steps`` (folded) at its store."""
         gvar, args = head.value.args[0], list(head.value.args[1].fields)
         steps = fold_epilogue(steps)
-        kernel = regenerate(recipe, [args[i].value.numpy() for i in ELL_ARGS], steps)
+        kernel = regenerate(recipe, [args[i].value.numpy() for i in recipe["ell_args"]], steps)
         fused = builder.add_func(kernel.without_attr("global_symbol"), f"{gvar.name_hint}_fused")
         self.fused.append((gvar.name_hint, tuple(step.describe() for step in steps)))
         operands = [relax.const(o) if isinstance(o, np.ndarray) else o for step in steps for o in step.operands()]

@@ -8,7 +8,7 @@ Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
 - verify: every block of W is checked numerically (``format.analyze``) against the file's spec when
   there is one (never trusted: a wrong block shape or sparsity claim fails), else against the candidate
   block shapes; a layer that fails stays dense, and the report says why;
-- rewrite: ``R.call_tir(kernel, [x, columns, scales, signs, order])`` with the kernel specialized to the
+- rewrite: ``R.call_tir(kernel, [x, *weight arrays])`` (``kernels/ell.py``) with the kernel specialized to the
   layer's shapes and block pattern; a weight whose spec allows free (dense) blocks and has some gets
   ``R.add(that call, R.call_tir(free_kernel, [x, columns, values]))`` (``kernels/free_blocks.py``).
   Bias, BatchNorm and activations around it stay Relax ops, which the default pipeline legalizes and
@@ -27,8 +27,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze
-from ..kernels import (DEFAULT_LANES, MODES, Conv2dGeometry, EllWeight, FreeEll, free_conv2d, free_dense, to_ell,
-                       to_free_ell, unified_conv2d, unified_dense)
+from ..kernels import (DEFAULT_LANES, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d, free_dense,
+                       kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 
 
@@ -147,17 +147,17 @@ class LowerUnifiedBlocks:
         return (unified or free)[0]
 
     def _unified_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
-                      x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, EllWeight]:
-        """The unified blocks' kernel call, in the pass's mode."""
-        ell = to_ell(enc)
+                      x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, EllWeight | LutWeight]:
+        """The unified blocks' kernel call, in the pass's mode, on the weight form its algorithm reads."""
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         if entry.op == "conv2d":
-            kernel = unified_conv2d(dims, ell, enc.spec.layout, self.mode, act_scale, self.lanes)
+            weight = kernel_weight(to_ell(enc), self.mode, dims.batch * dims.out_hw[0] * dims.out_hw[1])
+            kernel = unified_conv2d(dims, weight, enc.spec.layout, self.mode, act_scale, self.lanes)
         else:
-            kernel = unified_dense(*dims, ell, self.mode, act_scale, self.lanes)
+            weight = kernel_weight(to_ell(enc), self.mode, dims[0])
+            kernel = unified_dense(*dims, weight, self.mode, act_scale, self.lanes)
         gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
-        args = [x, *(relax.const(a) for a in ell.arrays)]
-        return relax.call_tir(gvar, args, ty), ell
+        return relax.call_tir(gvar, [x, *(relax.const(a) for a in weight.arrays)], ty), weight
 
     def _free_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
                    x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, FreeEll]:
