@@ -106,7 +106,10 @@ def test_grouped_conv2d_matches_pytorch(groups, per_group, size, stride, seed):
 def test_depthwise_conv2d_matches_pytorch(channels, size, kernel, stride, seed):
     shape = (1, channels, size, size)
     mod, reference = conv_bn_relu(shape, channels, kernel, stride, channels, seed)
-    check_layer(mod, reference, shape, "Contraction", seed)
+    out_width = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    # Contraction vectorizes a depthwise conv along its output width; a one-pixel output has no such
+    # axis (channels are not contiguous in NCHW) and goes to the next rule.
+    check_layer(mod, reference, shape, "Contraction" if out_width > 1 else None, seed)
 
 
 @FEW
