@@ -119,7 +119,7 @@ def compare(model: nn.Module, input_shape: tuple[int, ...], tmp: Path, rounds: i
     builds = {"dense TVM": dense or Compiled(imported.mod, x)}
     report = []
     for mode in modes:
-        mod, report = lower_unified(imported, mode)
+        mod, report = lower_unified(imported, mode, tasks=load_target("host").cores)
         builds[f"unified {mode}"] = Compiled(mod, x)
     times: dict[str, float] = {k: float("inf") for k in ["PyTorch", *builds]}
     for _ in range(rounds):
@@ -173,7 +173,8 @@ def model_rows(tmp: Path, rounds: int, sparsities: list[float],
             if sparsity == BREAKDOWN_SPARSITY:
                 imported = import_module(model, builtin.input_shape, tmp)
                 breakdowns[name] = {"dense TVM": kernel_breakdown(imported.mod, rounds),
-                                    "unified fp32": kernel_breakdown(lower_unified(imported, "fp32")[0], rounds)}
+                                    "unified fp32": kernel_breakdown(
+                                        lower_unified(imported, "fp32", tasks=load_target("host").cores)[0], rounds)}
             agree, err = int8_accuracy(model, builds["unified fp32"], builds["unified int8"], builtin.input_shape)
             lowered = [e for e in report if e.lowered]
             rows.append(Row(f"{name} sparsity {sparsity}", times, {

@@ -58,7 +58,7 @@ def conv_cases(draw):
     return geometry, (rows, cols), layout, draw(st.sampled_from([0.0, 0.5, 0.75, 0.9])), draw(st.integers(0, 999))
 
 
-def _conv(case, mode, algorithm=None):
+def _conv(case, mode, algorithm=None, tasks=4):
     g, block, layout, sparsity, seed = case
     assume(min(g.out_hw) > 0)
     rng = np.random.default_rng(seed)
@@ -70,14 +70,14 @@ def _conv(case, mode, algorithm=None):
     xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
     weight = kernel_weight(to_ell(enc), mode, ref.shape[0] * ref.shape[2] * ref.shape[3], algorithm)
-    ours = run_kernel(unified_conv2d(g, weight, layout, mode, algorithm=algorithm), x, weight, ref.shape)
+    ours = run_kernel(unified_conv2d(g, weight, layout, mode, algorithm=algorithm, tasks=tasks), x, weight, ref.shape)
     check(ours, ref, x, w, layout, mode, out_axis=1)
 
 
 @settings(max_examples=16, deadline=None)
-@given(conv_cases(), st.sampled_from(["lut", "direct"]))
-def test_conv2d_fp32_matches_pytorch(case, algorithm):
-    _conv(case, "fp32", algorithm)
+@given(conv_cases(), st.sampled_from(["lut", "direct"]), st.sampled_from([1, 2, 3, 4]))
+def test_conv2d_fp32_matches_pytorch(case, algorithm, tasks):
+    _conv(case, "fp32", algorithm, tasks)
 
 
 @settings(max_examples=8, deadline=None)

@@ -3,6 +3,8 @@ with a reason, and lying metadata is caught by verification."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from tvm_unify.bn_calibration import calibrate_batchnorm
 from tvm_unify.cli import main
 from tvm_unify.compiler import build, compile_model, lower_unified
 from tvm_unify.frontend import import_torchscript
+from tvm_unify.kernels.unified_gemm import recipe_of
 from tvm_unify.models import get_builtin
 from tvm_unify.passes import LowerUnifiedBlocks, layer_names
 from tvm_unify.runner import library_arch, run_local
@@ -170,3 +173,12 @@ def test_unified_kernels_cross_compile_for_arm(tmp_path, mode):
     so = tmp_path / f"arm-{mode}.so"
     result = compile_model(path, "arm", so, mode=mode)
     assert sum(e.lowered for e in result.report) == len(names) and library_arch(so) == "aarch64"
+
+
+def test_table_kernels_get_the_target_cores(tmp_path):
+    """The lut kernels split work into as many tasks as the device has cores (each builds its own table)."""
+    assert load_target("arm").cores == 4 and load_target("host").cores == (os.cpu_count() or 1)
+    path, _ = unified_pt(tmp_path, "digits-cnn")
+    mod, _ = lower_unified(import_torchscript(path), tasks=3)
+    recipes = [recipe_of(func) for func in mod.functions.values()]
+    assert {r["tasks"] for r in recipes if r and r["algorithm"] == "lut"} == {3}

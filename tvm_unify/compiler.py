@@ -21,6 +21,7 @@ from .fileio import atomic_output
 from .format import specs_from_metadata
 from .frontend import ImportedModel, import_torchscript
 from .int8_calibration import calibrate_act_scales
+from .kernels import DEFAULT_TASKS
 from .passes import LayerReport, LowerUnifiedBlocks, layer_names
 from .schedule import schedule_default
 from .targets import TargetPreset, load_target
@@ -56,12 +57,12 @@ def build(mod: tvm.IRModule, preset: TargetPreset) -> tvm.runtime.Executable:
         return tvm.compile(mod, target=target)
 
 
-def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None
-                  ) -> tuple[tvm.IRModule, list[LayerReport]]:
+def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,
+                  tasks: int = DEFAULT_TASKS) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
-    given); return the module and the per-layer report."""
+    given) for a device of ``tasks`` cores; return the module and the per-layer report."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
-                                  act_scales)
+                                  act_scales, tasks=tasks)
     return lowering(imported.mod), lowering.report
 
 
@@ -106,7 +107,7 @@ def compile_model(
     mod, report = imported.mod, []
     if not dense:
         start = time.perf_counter()
-        mod, report = lower_unified(imported, mode, act_scales)
+        mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores)
         timings["lower"] = time.perf_counter() - start
     result = compile_module(mod, preset, output, imported.input_shape)
     result.timings = {**timings, **result.timings}
@@ -116,10 +117,8 @@ def compile_model(
 
 def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | os.PathLike,
                    input_shape: tuple[int, ...]) -> CompileResult:
-    """Build an imported (and possibly already lowered) module for ``target`` and export it.
-
-    Lowering is target-independent, so a caller that builds one model for several targets lowers it
-    once and calls this per target."""
+    """Build an imported (and possibly already lowered, for this target's cores) module for ``target``
+    and export it."""
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
     start = time.perf_counter()

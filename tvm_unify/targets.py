@@ -38,6 +38,14 @@ class TargetPreset:
     def is_host(self) -> bool:
         return self.cross_compiler is None
 
+    @property
+    def cores(self) -> int:
+        """CPU cores the compiled code runs on: the target's ``num-cores``, else this machine's for a host
+        preset, else 4 (the usual phone or ARM board)."""
+        if "num-cores" in self.target:
+            return int(self.target["num-cores"])
+        return (os.cpu_count() or 1) if self.is_host else 4
+
 
 def _from_json(name: str, path: Path) -> TargetPreset:
     try:

@@ -20,9 +20,10 @@ Three GEMM algorithms (``default_algorithm`` picks):
   input); a 4-wide block row then costs one lookup and one FMA with the block's scale, instead of 4
   sign flips and 4 adds. The entry each lookup reads (block column and its 4 sign bits) is precomputed
   (``ell.LutWeight``), so a lookup is one scalar load. A task builds its tile's table, so tasks split
-  block rows only as far as needed for MIN_TASKS-way parallelism; with fewer tiles than that (deep
-  layers at small resolutions, where one table can exceed the L2 cache) the tables of all tiles are
-  built once in a parallel pass and shared by the tasks. 2.5-4x faster than ``direct`` on 3x3 convs.
+  block rows only as far as needed for ``tasks``-way parallelism, ``tasks`` being the device's cores:
+  with fewer tasks a core idles, with more a core builds the same table twice (one table shared by all
+  tasks was 3x slower on 2 cores, where each core reads the half the other one wrote). 2.5-4x faster
+  than ``direct`` on 3x3 convs.
 - ``direct`` (fp32 or int8): per block, each weight flips the sign of a vector of inputs (XOR of the sign
   bit in fp32; ``(x ^ m) - m`` in int32 for int8) into a per-block partial sum, then one multiply by the
   block's scale per row. Its int8 x +-1 block dot products are the shape ARM ``sdot``/``i8mm`` tensorize.
@@ -36,7 +37,7 @@ and live in default-scope buffers: TVM 0.27 heap-allocates ``local`` buffers ins
 *Tunable by design*: every loop bound is a compile-time constant (blocked ELL: block rows sorted by
 length and cut into row groups, each padded to equal length and run as its own loop nest), so
 meta-schedule's DisallowDynamicLoop accepts the access pattern, and each kernel is a template whose
-knobs (``lanes``, ``algorithm``, MIN_TASKS, ROW_TASKS, LUT_BITS) a tuner can search. Every parallel task
+knobs (``lanes``, ``algorithm``, ``tasks``, ROW_TASKS, LUT_BITS) a tuner can search. Every parallel task
 owns every ``chunks``-th sorted row of each group, so tasks get equal work. We read the
 block pattern from constant arrays rather than unrolling it into code (SparseRT-style): one index load
 per block is amortized over a vector of pixels, and code size stays independent of the weight count.
@@ -72,7 +73,7 @@ from .ell import EllWeight, LutWeight, lut_bits, to_lut
 MODES = ("fp32", "int8")
 ALGORITHMS = ("lut", "direct", "gemv")
 DEFAULT_LANES = 16
-MIN_TASKS = 4  # parallel tasks of a lut kernel (each builds its tile's table)
+DEFAULT_TASKS = 4  # parallel tasks of a lut kernel, i.e. the device's cores (each task builds its tile's table)
 ROW_TASKS = 16  # of the direct and gemv kernels (no per-task set-up: finer load balance)
 RECIPE_ATTR = "tvm_unify.recipe"
 
@@ -248,12 +249,11 @@ def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int):
     return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32((1 << width) - 1))
 
 
-def _lookups(lut: tvm.tirx.Buffer, tile, entries: tvm.tirx.Buffer, rb, slot, i: int, v, lookups: int):
-    """Block row ``i`` of block ``(rb, slot)`` times the inputs of ``lut``'s tile ``tile``: the sum of its
-    table lookups."""
-    total = lut[tile, T.Cast("int32", entries[rb, slot, i * lookups]), v]
+def _lookups(lut: tvm.tirx.Buffer, entries: tvm.tirx.Buffer, rb, slot, i: int, v, lookups: int):
+    """Block row ``i`` of block ``(rb, slot)`` times the tile's inputs: the sum of its table lookups."""
+    total = lut[T.Cast("int32", entries[rb, slot, i * lookups]), v]
     for j in range(1, lookups):
-        total = total + lut[tile, T.Cast("int32", entries[rb, slot, i * lookups + j]), v]
+        total = total + lut[T.Cast("int32", entries[rb, slot, i * lookups + j]), v]
     return total
 
 
@@ -400,6 +400,7 @@ def _make_kernel(
     act_scale: float | None,
     lanes: int,
     algorithm: str,
+    tasks: int,
     epilogue: Sequence[Step] = (),
 ) -> tvm.tirx.PrimFunc:
     """The shared GEMM kernel. ``gather(x, k, p0, v)`` is X[k, p0 + v] (None: X is the input itself,
@@ -431,10 +432,7 @@ def _make_kernel(
     g = lut_bits(bc)  # sign bits per table lookup
     nent, g_low = 1 << g, min(g, 2)
     nlow = 1 << g_low
-    # With fewer pixel tiles than MIN_TASKS (deep layers at small resolutions), the tables are built once
-    # for all tiles in a parallel pass and shared, instead of once per task.
-    shared_tables = algorithm == "lut" and tiles < MIN_TASKS
-    chunks = _row_chunks(nbr, tiles, MIN_TASKS if algorithm == "lut" and not shared_tables else ROW_TASKS)
+    chunks = _row_chunks(nbr, tiles, tasks if algorithm == "lut" else ROW_TASKS)
     groups = weight.groups
     given_inv = 1.0 / act_scale if act_scale else 1.0
     params, decls, finish = _bind_epilogue(epilogue, y_shape[1], y_shape, y_view)
@@ -503,8 +501,8 @@ def _make_kernel(
                 each_row(task, groups, chunks, gemv_row)
         elif algorithm == "lut":
             @T.inline
-            def fill_table(lut, t, r, p0):
-                """Tile ``t``'s entries of input group ``r``: the signed sums of its g inputs at pixels p0.."""
+            def fill_table(lut, r, p0):
+                """The table entries of input group ``r``: the signed sums of its g inputs at pixels p0.."""
                 low = T.decl_buffer((4, vl), "float32")
                 high = T.decl_buffer((4, vl), "float32")
                 for q in T.unroll(nlow):
@@ -515,22 +513,12 @@ def _make_kernel(
                         high[q, v] = _signed_sum(src, gather, r * g + g_low, p0, v, q, g - g_low)
                 for pat in T.unroll(nent):
                     for v in T.vectorized(vl):
-                        lut[t, r * nent + pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
+                        lut[r * nent + pat, v] = low[pat % nlow, v] + high[pat // nlow, v]
 
-            if shared_tables:
-                tables = T.decl_buffer((tiles, k_extent // g * nent, vl), "float32")
-                for r in T.parallel(k_extent // g):
-                    for t in range(tiles):
-                        fill_table(tables, t, r, t * vl)
             for task in T.parallel(tiles * chunks):
-                if shared_tables:
-                    lut = tables
-                    lut_tile: T.let[T.int32] = task // chunks
-                else:
-                    lut = T.decl_buffer((1, k_extent // g * nent, vl), "float32")
-                    lut_tile: T.let[T.int32] = 0
-                    for r in range(k_extent // g):
-                        fill_table(lut, 0, r, task // chunks * vl)
+                lut = T.decl_buffer((k_extent // g * nent, vl), "float32")
+                for r in range(k_extent // g):
+                    fill_table(lut, r, task // chunks * vl)
 
                 @T.inline
                 def lut_row(rb, slots):
@@ -540,7 +528,7 @@ def _make_kernel(
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
                                 acc[i, v] = acc[i, v] + scales[rb, slot] * _lookups(
-                                    lut, lut_tile, entries, rb, slot, i, v, bc // g)
+                                    lut, entries, rb, slot, i, v, bc // g)
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
                             store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v])
@@ -604,11 +592,12 @@ def _resolve_algorithm(weight: EllWeight | LutWeight, columns: int, algorithm: s
 
 
 def _with_recipe(kernel: tvm.tirx.PrimFunc, shape: dict, weight: EllWeight | LutWeight, mode: str,
-                 act_scale: float | None, lanes: int, algorithm: str, epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
+                 act_scale: float | None, lanes: int, algorithm: str, tasks: int,
+                 epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
     """Attach what ``regenerate`` needs besides the call's arguments (``shape``: op and its dimensions;
     ``ell_args``: the call arguments that hold the weight's arrays)."""
     recipe = {**shape, "mode": mode, "act_scale": None if act_scale is None else float(act_scale),
-              "lanes": lanes, "algorithm": algorithm, "block": [weight.rows, weight.cols],
+              "lanes": lanes, "algorithm": algorithm, "tasks": tasks, "block": [weight.rows, weight.cols],
               "ell_args": list(range(1, 1 + len(weight.arrays))), "epilogue": [step.describe() for step in epilogue]}
     return kernel.with_attr(RECIPE_ATTR, json.dumps(recipe))
 
@@ -625,7 +614,7 @@ def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequ
     form = LutWeight if recipe["algorithm"] == "lut" else EllWeight
     weight = form(*recipe["block"], *weight_arrays)
     options = {"mode": recipe["mode"], "act_scale": recipe["act_scale"], "lanes": recipe["lanes"],
-               "algorithm": recipe["algorithm"], "epilogue": epilogue}
+               "algorithm": recipe["algorithm"], "tasks": recipe["tasks"], "epilogue": epilogue}
     if recipe["op"] == "conv2d":
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in recipe["geometry"].items()}
         return unified_conv2d(Conv2dGeometry(**fields), weight, recipe["layout"], **options)
@@ -633,8 +622,8 @@ def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequ
 
 
 def unified_conv2d(g: Conv2dGeometry, weight: EllWeight | LutWeight, layout: str, mode: str = "fp32",
-                   act_scale: float | None = None, lanes: int = DEFAULT_LANES,
-                   algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+                   act_scale: float | None = None, lanes: int = DEFAULT_LANES, algorithm: str | None = None,
+                   tasks: int = DEFAULT_TASKS, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
     """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, *weight.arrays, *epilogue operands, y)."""
     (kh, kw) = g.kernel
     pt, pl, pb, pr = g.padding
@@ -651,14 +640,16 @@ def unified_conv2d(g: Conv2dGeometry, weight: EllWeight | LutWeight, layout: str
         g.in_channels * kh * kw, g.batch * q, q,
         gather=None if g.reads_input_in_place else conv_gather(g, layout, pick_lanes(q, lanes)),
         pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index=store_index,
-        weight=weight, mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
+        weight=weight, mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, tasks=tasks,
+        epilogue=epilogue)
     shape = {"op": "conv2d", "geometry": asdict(g), "layout": layout}
-    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, epilogue)
+    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, tasks, epilogue)
 
 
 def unified_dense(batch: int, in_features: int, out_features: int, weight: EllWeight | LutWeight,
                   mode: str = "fp32", act_scale: float | None = None, lanes: int = DEFAULT_LANES,
-                  algorithm: str | None = None, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+                  algorithm: str | None = None, tasks: int = DEFAULT_TASKS,
+                  epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
     """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, *weight.arrays, *epilogue operands,
     y)."""
 
@@ -671,11 +662,13 @@ def unified_dense(batch: int, in_features: int, out_features: int, weight: EllWe
     algorithm = _resolve_algorithm(weight, batch, algorithm)
     kernel = _make_kernel((batch, in_features), (batch, out_features), in_features, batch, batch,
                           gather=None if batch == 1 else gather, pad=None, store_index=store_index, weight=weight,
-                          mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, epilogue=epilogue)
+                          mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, tasks=tasks,
+                          epilogue=epilogue)
     shape = {"op": "linear", "dims": [batch, in_features, out_features]}
-    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, epilogue)
+    return _with_recipe(kernel, shape, weight, mode, act_scale, lanes, algorithm, tasks, epilogue)
 
 
-__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "MODES", "RECIPE_ATTR",
+__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "DEFAULT_TASKS", "MODES",
+           "RECIPE_ATTR",
            "Step", "default_algorithm", "fold_epilogue", "kernel_weight", "pick_lanes", "recipe_of", "regenerate",
            "unified_conv2d", "unified_dense"]

@@ -27,7 +27,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze
-from ..kernels import (DEFAULT_LANES, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d, free_dense,
+from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d, free_dense,
                        kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 
@@ -72,13 +72,14 @@ class LowerUnifiedBlocks:
 
     ``layer_names`` maps ``weight_fingerprint`` -> module path (for the report and the spec lookup),
     ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
-    path -> int8 activation scale (absent: computed per call from max |x|). After the pass has run,
+    path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
+    task count of the table-lookup kernels (the target device's cores). After the pass has run,
     ``report`` lists every conv2d/linear layer it saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
                  layer_names: Mapping[str, str] | None = None, act_scales: Mapping[str, float] | None = None,
-                 lanes: int = DEFAULT_LANES) -> None:
+                 lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
@@ -86,6 +87,7 @@ class LowerUnifiedBlocks:
         self.layer_names = dict(layer_names or {})
         self.act_scales = dict(act_scales or {})
         self.lanes = lanes
+        self.tasks = tasks
         self.report: list[LayerReport] = []
         self._kept_dense: set[tuple[str, tuple[int, ...] | None]] = set()
         self.x = wildcard()
@@ -152,10 +154,10 @@ class LowerUnifiedBlocks:
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         if entry.op == "conv2d":
             weight = kernel_weight(to_ell(enc), self.mode, dims.batch * dims.out_hw[0] * dims.out_hw[1])
-            kernel = unified_conv2d(dims, weight, enc.spec.layout, self.mode, act_scale, self.lanes)
+            kernel = unified_conv2d(dims, weight, enc.spec.layout, self.mode, act_scale, self.lanes, tasks=self.tasks)
         else:
             weight = kernel_weight(to_ell(enc), self.mode, dims[0])
-            kernel = unified_dense(*dims, weight, self.mode, act_scale, self.lanes)
+            kernel = unified_dense(*dims, weight, self.mode, act_scale, self.lanes, tasks=self.tasks)
         gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
         return relax.call_tir(gvar, [x, *(relax.const(a) for a in weight.arrays)], ty), weight
 
