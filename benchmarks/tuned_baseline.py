@@ -1,34 +1,41 @@
-"""Unified kernels vs dense TVM *tuned with meta-schedule* (same trial budget), on the host, in one run.
+"""Unified kernels vs the strongest dense TVM build we can reach: meta-schedule tuning, keep the better.
 
-For ResNet-18 and MobileNetV2 (32x32, batch 1, BatchNorm-calibrated, 4x4 unified weights at 75%
-sparsity) this builds and times, interleaved, with the same thread count:
+The issue asks for unified (0 tuning trials: the unified builds are untuned on purpose) vs "dense TVM
+tuned with the same budget". A fair dense baseline is the best dense build TVM can give, so tuning is
+split from measuring and the tuned build keeps, kernel by kernel, whichever schedule is faster:
 
-- ``dense stock``: plain ``tvm.compile`` with TVM's stock pipeline (no CPU schedules for conv2d);
-- ``dense default``: ``compiler.build``, the project's hand-written default schedules;
-- ``dense tuned``: meta-schedule (evolutionary search, XGBoost cost model) over every fused kernel of
-  the dense model with ``--trials`` measured trials, untuned leftovers get the default schedules;
-- ``unified fp32``: ``lower_unified`` + ``compiler.build`` (default schedules for the dense rest);
-- ``unified tuned``: the same unified model with its remaining dense kernels (stem, depthwise convs,
-  epilogues, classifier) tuned with the same ``--trials`` budget; the unified kernels carry
-  ``tirx.is_scheduled`` and keep their hand-written schedule;
-- PyTorch eager.
+- ``--tune``: meta-schedule (evolutionary search, XGBoost cost model) on the fused kernels of the
+  prepared dense model (``prepare_passes``: HWIO kernels, BN folded, fused) that carry at least
+  ``MIN_FLOP_SHARE`` of its FLOPs. The ``--trials`` budget is split over them in proportion to FLOPs x
+  occurrences, at least one iteration each while it lasts, heaviest first (FLOPs, not measured times:
+  on this shared host a time profile measures the neighbours' load as much as the kernels). Records go
+  to a persistent JSON database, ``benchmarks/tuning/<model>-dense/``, committed after every measured
+  batch, so a killed run keeps what it measured and a re-run only tunes what is missing.
+- ``--measure`` (the default): for ResNet-18 and MobileNetV2 (32x32, batch 1, BatchNorm-calibrated,
+  4x4 unified weights at 75% sparsity) build and time, interleaved, with the same thread count:
+  PyTorch eager, ONNX Runtime (when installed: ``pip install -e .[bench]``), ``dense stock`` (plain
+  ``tvm.compile``, optional), ``dense default`` (the project's hand-written default schedules),
+  ``dense tuned`` (per kernel the faster of the best database record and the default schedule, each
+  timed alone on random inputs), ``unified fp32``, ``unified fp32 + tuned rest`` (the same
+  keep-the-better on the unified model's remaining dense kernels, same database) and ``unified int8``.
+  Every build is checked against PyTorch (max relative error).
 
-Tuned builds go through the project's graph preparation (``prepare_passes``: HWIO kernels, BN folded
-into the conv epilogues, fused) so both tuned and default builds tune/schedule the same fused kernels.
-Every build is checked against PyTorch (max relative error). Times: minimum and median over single
-calls in interleaved rounds (the host is shared and noisy).
-
-    python benchmarks/tuned_baseline.py [--threads 2] [--trials 64] [--rounds 5] [--skip-stock]
+    python benchmarks/tuned_baseline.py --tune --models resnet18 --trials 160
+    python benchmarks/tuned_baseline.py --tune --models mobilenetv2 --trials 144
+    python benchmarks/tuned_baseline.py [--measure] [--models ...] [--rounds 5] [--skip-stock]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +46,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # shared timing helpers of unified
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tvm  # noqa: E402
+import tvm_ffi  # noqa: E402
+
+try:  # optional peer (the bench extra): the comparison notes its absence
+    import onnxruntime as ort  # noqa: E402
+except ImportError:
+    ort = None
 from torch import nn  # noqa: E402
-from tvm import relax  # noqa: E402
+from tvm import relax, tirx  # noqa: E402
+from tvm.ir.utils import derived_object  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 from tvm.s_tir.analysis import estimate_tir_flops  # noqa: E402
 from unified_kernels import BLOCK, IDLE, import_module, torch_seconds  # noqa: E402
@@ -54,22 +68,66 @@ from tvm_unify.targets import load_target  # noqa: E402
 
 SPARSITY = 0.75
 MODELS = ("resnet18", "mobilenetv2")
-TRIALS_PER_ITER = 8  # small, so the budget reaches more than a couple of tasks
+TUNING_ROOT = ROOT / "benchmarks" / "tuning"
+STATE_FILE = "tuning.json"  # budget, per-task trials and wall time of the tuning runs, next to the database
+MIN_FLOP_SHARE = 1e-3  # kernels below 0.1% of the model's FLOPs (reshape, mean, classifier) are not tuned
+SEED = 1  # fixed, for repeatable searches; in the range meta-schedule's own fork_seed draws from (>= 1)
+TRIALS_PER_ITER = 8  # small, so a budget of ~10 trials per kernel still reaches every kernel
+RACE_ROUNDS = 3  # alternating timing rounds per kernel race (min over all of them)
+RACE_REPEATS = 5
+RACE_MIN_REPEAT_MS = 10
 SAMPLES = 20  # single calls per round and variant
 SLOW_SAMPLES = 3  # for builds slower than SLOW_SECONDS per call (the stock build)
 SLOW_SECONDS = 0.02
-VARIANTS = ["PyTorch", "dense stock", "dense default", "dense tuned", "unified fp32", "unified tuned"]
+VARIANTS = ["PyTorch", "ONNX Runtime", "dense stock", "dense default", "dense tuned", "unified fp32",
+            "unified fp32 + tuned rest", "unified int8"]
+NORMALIZE = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")  # meta-schedule's workload form
+
+
+@dataclass
+class Task:
+    """One distinct fused kernel of the prepared dense module.
+
+    ``mod`` is the kernel normalized the way meta-schedule normalizes workloads, so tuning commits and
+    measuring queries the same database key; ``gvars`` are the module's functions that are this kernel,
+    ``weight`` the number of calls to them in ``main``.
+    """
+
+    name: str
+    mod: tvm.IRModule
+    flops: float
+    gvars: list[tvm.ir.GlobalVar] = field(default_factory=list)
+    weight: int = 0
+
+
+@dataclass
+class Race:
+    """Per-kernel outcome of keep-the-better: seconds per call of the default schedule and of the best
+    database record, and how many valid records the database holds for the kernel."""
+
+    task: str
+    weight: int
+    default: float
+    tuned: float
+    records: int
+
+    @property
+    def best(self) -> float:
+        return min(self.default, self.tuned)
+
+    @property
+    def winner(self) -> str:
+        return "tuned" if self.tuned < self.default else "default"
 
 
 @dataclass
 class Variant:
-    """One executable of a model, callable on a fixed input; collects per-call times."""
+    """One TVM executable of a model (``source``: which PyTorch model it computes), callable on a fixed
+    input; collects per-call times."""
 
     executable: tvm.runtime.Executable
     x: np.ndarray
-    build_seconds: float = 0.0
-    tune_seconds: float = 0.0
-    tasks: int = 0
+    source: str
     samples: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -86,11 +144,48 @@ class Variant:
 
 
 @dataclass
+class OrtVariant:
+    """The model exported to ONNX (torch.onnx, dynamo exporter) and run by ONNX Runtime's CPU provider
+    with ``threads`` intra-op threads: the same interface as ``Variant``."""
+
+    path: Path
+    x: np.ndarray
+    source: str
+    threads: int
+    samples: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.feed = {self.session.get_inputs()[0].name: self.x}
+
+    def output(self) -> np.ndarray:
+        return self.session.run(None, self.feed)[0]
+
+    def measure(self, samples: int) -> None:
+        for _ in range(samples):
+            start = time.perf_counter()
+            self.session.run(None, self.feed)
+            self.samples.append(time.perf_counter() - start)
+
+
+def export_onnx(model: nn.Module, x: np.ndarray, path: Path) -> Path:
+    torch.onnx.export(model, (torch.from_numpy(x),), dynamo=True, verbose=False).save(str(path))
+    return path
+
+
+@dataclass
 class ModelResult:
+    """Everything the report says about one model."""
+
     name: str
     times: dict[str, tuple[float, float]] = field(default_factory=dict)  # variant -> (min, median) seconds
     errors: dict[str, float] = field(default_factory=dict)  # variant -> max rel err vs PyTorch
-    tuning: dict[str, tuple[float, int]] = field(default_factory=dict)  # variant -> (seconds, tasks tuned)
+    kernels: int = 0  # distinct kernels of the prepared dense module
+    races: list[Race] = field(default_factory=list)  # those with a database record
+    unified_races: list[Race] = field(default_factory=list)  # the unified model's dense rest, same database
+    tuning: dict = field(default_factory=dict)  # the tuning state file, plus the database's record count
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -104,10 +199,10 @@ def make_models(name: str) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
     return dense.eval(), unified.eval(), builtin.input_shape
 
 
-def host_target(threads: int | None = None) -> tvm.target.Target:
-    """The host codegen target (this CPU's features); with ``num-cores`` set for meta-schedule if given."""
+def host_target(threads: int) -> tvm.target.Target:
+    """The host codegen target (this CPU's features) with ``num-cores`` set, which meta-schedule needs."""
     target = codegen_target(load_target("host"))
-    return target if threads is None else tvm.target.Target({**target.export(), "num-cores": threads})
+    return tvm.target.Target({**target.export(), "num-cores": threads})
 
 
 def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
@@ -116,93 +211,252 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(prepare_passes())(mod)
 
 
-def tunable_tasks(mod: tvm.IRModule, target: tvm.target.Target, count: int) -> list[ms.ExtractedTask]:
-    """The ``count`` heaviest meta-schedule tasks (FLOPs x occurrences) among the fused kernels that are
-    not already scheduled (the unified kernels are). The gradient task scheduler warms up round-robin in
-    list order, so a small budget spread over all tasks would go to reshapes and means first."""
-    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
-             if not int(t.dispatched[0]["main"].attrs.get(SCHEDULED, 0))]
-    tasks.sort(key=lambda t: -estimate_tir_flops(t.dispatched[0]) * t.weight)
-    return tasks[:count]
+def call_counts(mod: tvm.IRModule) -> Counter[str]:
+    """How many times ``main`` calls each PrimFunc (by name)."""
+    calls: Counter[str] = Counter()
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            calls[expr.args[0].name_hint] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return calls
 
 
-def tune(mod: tvm.IRModule, target: tvm.target.Target, work_dir: Path, trials: int,
-         threads: int) -> tuple[tvm.IRModule, float, int]:
-    """Tune the prepared module's unscheduled kernels; return it with the best schedules applied, the
-    tuning wall time and the number of tasks. Kernels without a valid record get the default rules."""
-    start = time.perf_counter()
-    tasks = tunable_tasks(mod, target, max(1, trials // TRIALS_PER_ITER))
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, str(work_dir), num_threads=threads, seed=0)
-    database = ms.tune_tasks(
-        tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=trials,
-        num_trials_per_iter=TRIALS_PER_ITER,
+def kernel_tasks(mod: tvm.IRModule) -> list[Task]:
+    """The distinct PrimFuncs of a prepared module, heaviest (FLOPs x occurrences) first."""
+    calls = call_counts(mod)
+    tasks: dict[tvm_ffi.StructuralKey, Task] = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            task_mod = NORMALIZE(func)
+            task = tasks.setdefault(tvm_ffi.StructuralKey(task_mod),
+                                    Task(gvar.name_hint, task_mod, estimate_tir_flops(task_mod)))
+            task.gvars.append(gvar)
+            task.weight += calls[gvar.name_hint]
+    return sorted(tasks.values(), key=lambda t: (-t.flops * t.weight, t.name))
+
+
+def tunable(tasks: list[Task]) -> list[Task]:
+    """The tasks worth tuning trials: at least ``MIN_FLOP_SHARE`` of the model's FLOPs."""
+    total = sum(t.flops * t.weight for t in tasks)
+    return [t for t in tasks if t.flops * t.weight >= MIN_FLOP_SHARE * total]
+
+
+def default_kernel(task: Task, target: tvm.target.Target) -> tirx.PrimFunc:
+    """The kernel as the project's default rules schedule it (on a copy: the pass updates its input)."""
+    with target:
+        return ApplyDefaultSchedules()(tvm.IRModule({"main": task.mod["main"]}))["main"]
+
+
+def random_args(func: tirx.PrimFunc) -> list[tvm.runtime.Tensor]:
+    """Random tensors for every buffer parameter (inputs and outputs) of ``func``."""
+    rng = np.random.default_rng(0)
+    return [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)) for p in func.params]
+
+
+def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> dict[str, float]:
+    """Seconds per call of each version of one kernel, timed alone on the same random inputs in the
+    current thread pool: minimum over ``RACE_ROUNDS`` alternating rounds, so a burst of load from the
+    neighbours cannot decide the race."""
+    libs = {label: tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
+            for label, f in funcs.items()}
+    args = random_args(next(iter(funcs.values())))
+    best = dict.fromkeys(funcs, math.inf)
+    for _ in range(RACE_ROUNDS):
+        for label, lib in libs.items():
+            evaluator = lib.time_evaluator("main", tvm.cpu(), repeat=RACE_REPEATS, min_repeat_ms=RACE_MIN_REPEAT_MS)
+            best[label] = min(best[label], min(evaluator(*args).results))
+    return best
+
+
+def database_dir(root: Path, name: str) -> Path:
+    return root / f"{name}-dense"
+
+
+def open_database(work_dir: Path) -> ms.database.JSONDatabase:
+    return ms.database.JSONDatabase(work_dir=str(work_dir))
+
+
+def valid_records(database: ms.database.Database, task: Task) -> int:
+    """Successfully measured candidates of ``task`` in the database (0 when the workload is new)."""
+    if not database.has_workload(task.mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(task.mod), 1 << 30))
+
+
+# ---------------------------------------------------------------------------------------------- tuning
+
+def allocate(costs: list[float], trials: int) -> list[int]:
+    """Trials per task for ``costs`` sorted in decreasing order: one iteration each while the budget
+    lasts, the remaining iterations in proportion to the costs (largest remainders round up)."""
+    iters = trials // TRIALS_PER_ITER
+    alloc = [1 if i < iters else 0 for i in range(len(costs))]
+    extra = max(0, iters - len(costs))
+    quota = [c / sum(costs) * extra for c in costs]
+    share = [int(q) for q in quota]
+    for i in sorted(range(len(costs)), key=lambda i: share[i] - quota[i])[: extra - sum(share)]:
+        share[i] += 1
+    return [TRIALS_PER_ITER * (a + s) for a, s in zip(alloc, share)]
+
+
+def tune_context(task: Task, target: tvm.target.Target, log_dir: Path, threads: int) -> ms.TuneContext:
+    """A meta-schedule task named after the kernel (so the logs say which kernel they are about)."""
+    logger = ms.logging.get_loggers_from_work_dir(str(log_dir), [task.name])[0]
+    return ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                          search_strategy="evolutionary", task_name=task.name, logger=logger, rand_state=SEED,
+                          num_threads=threads).clone()
+
+
+@derived_object
+class SaveWallTime(ms.measure_callback.PyMeasureCallback):
+    """After every measured batch, add the time since the previous one to the tuning state file: a run
+    killed at any point still reports the time it spent up to its last measured batch."""
+
+    def __init__(self, state: dict, path: Path) -> None:
+        self.state, self.path, self.last = state, path, time.perf_counter()
+
+    def apply(self, *_batch) -> None:
+        now = time.perf_counter()
+        self.state["wall_seconds"] += now - self.last
+        self.last = now
+        self.path.write_text(json.dumps(self.state, indent=1))
+
+
+def tune_task(task: Task, trials: int, database: ms.database.Database, target: tvm.target.Target,
+              cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
+    """Run ``trials`` measured trials on one kernel; the database keeps every measured batch."""
+    ms.tune_tasks(
+        tasks=[tune_context(task, target, log_dir, threads)], task_weights=[float(task.weight)],
+        work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
         builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120),
         runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
             number=5, repeat=1, min_repeat_ms=20)),
-        cost_model=ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0))
-    seconds = time.perf_counter() - start
-    with target, database, tvm.transform.PassContext(opt_level=3):
-        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        mod = ApplyDefaultSchedules()(mod)
-    return mod, seconds, len(tasks)
+        database=database, cost_model=cost_model,
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
 
 
-def compile_timed(fn, x: np.ndarray) -> Variant:
-    """Run ``fn() -> Executable`` and wrap the result, recording its wall time."""
-    start = time.perf_counter()
-    executable = fn()
-    return Variant(executable, x, build_seconds=time.perf_counter() - start)
+def tune_model(name: str, trials: int, threads: int, root: Path) -> None:
+    """Tune the dense model's tunable kernels with ``trials`` in all, resuming from the database: a task
+    that already has its share of valid records is skipped. ``tuning.json`` accumulates the run's wall
+    time (model preparation included) after every measured batch."""
+    work_dir = database_dir(root, name)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path = work_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_seconds": 0.0}
+    clock = SaveWallTime(state, state_path)
+    target = host_target(threads)
+    dense_model, _, shape = make_models(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = tunable(kernel_tasks(prepare(import_module(dense_model, shape, Path(tmp)).mod, target)))
+    budget = allocate([t.flops * t.weight for t in tasks], trials)
+    state.update(model=name, trials=trials, threads=threads, target=str(target), trials_per_iter=TRIALS_PER_ITER,
+                 tasks={t.name: {"weight": t.weight, "flops": t.flops, "trials": n} for t, n in zip(tasks, budget)})
+    state_path.write_text(json.dumps(state, indent=1))
+    database = open_database(work_dir)
+    cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
+    log_dir = Path(tempfile.gettempdir()) / f"tuned_baseline-logs-{name}"
+    for task, n in zip(tasks, budget):
+        missing = n - valid_records(database, task)
+        print(f"  {task.name} x{task.weight}: {n} trials, {max(0, missing)} to run", flush=True)
+        if missing > 0:
+            tune_task(task, missing, database, target, cost_model, clock, log_dir, threads)
+    print(f"{name}: {len(database)} records, {state['wall_seconds']:.0f} s of tuning", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- measuring
+
+def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target
+                ) -> tuple[tvm.IRModule, list[Race]]:
+    """Install, in every kernel of the prepared module that is not scheduled yet (the unified kernels
+    are), the faster of the database's best record and the default schedule; kernels without a record
+    get the default. Returns the module and the races run."""
+    races = []
+    for task in kernel_tasks(mod):
+        if int(mod[task.gvars[0]].attrs.get(SCHEDULED, 0)):
+            continue
+        versions = {"default": default_kernel(task, target)}
+        schedule = database.query_schedule(task.mod, target, "main")
+        if schedule is not None:
+            versions["tuned"] = schedule.mod["main"]
+            seconds = kernel_seconds(versions, target)
+            race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task))
+            races.append(race)
+            print(f"    {task.name}: default {race.default * 1e6:.1f} us, tuned {race.tuned * 1e6:.1f} us "
+                  f"({race.records} records): keep {race.winner}", flush=True)
+            best = versions[race.winner]
+        else:
+            best = versions["default"]
+        for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
+            mod[gvar] = best.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})
+    return mod, races
+
+
+def tuning_summary(work_dir: Path, database: ms.database.Database) -> dict:
+    """The tuning state file plus the number of measured records the database holds."""
+    state = json.loads((work_dir / STATE_FILE).read_text())
+    return {**state, "records": len(database)}
 
 
 def build_variants(dense_model: nn.Module, unified_model: nn.Module, shape: tuple[int, ...], tmp: Path,
-                   trials: int, threads: int, stock: bool, result: ModelResult) -> dict[str, Variant]:
-    """Every TVM build of one model; a failing variant is recorded in ``result.failures`` and skipped."""
-    target = host_target()
-    tuning_target = host_target(threads)
+                   args: argparse.Namespace, result: ModelResult) -> dict[str, Variant | OrtVariant]:
+    """Every build of one model; a failing variant is recorded in ``result.failures`` and skipped."""
+    target = host_target(args.threads)
     preset = load_target("host")
+    work_dir = database_dir(args.tuning_dir, result.name)
+    database = open_database(work_dir)
+    result.tuning = tuning_summary(work_dir, database)
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
     dense_mod = import_module(dense_model, shape, tmp).mod
-    unified_mod, _ = lower_unified(import_module(unified_model, shape, tmp), "fp32")
+    unified_imported = import_module(unified_model, shape, tmp)
+    unified_mod, _ = lower_unified(unified_imported, "fp32", tasks=preset.cores)
 
-    def tuned(mod: tvm.IRModule, label: str):
-        def run() -> tvm.runtime.Executable:
-            tuned_mod, seconds, tasks = tune(prepare(mod, tuning_target), tuning_target,
-                                             tmp / f"ms-{result.name}-{label}", trials, threads)
-            result.tuning[label] = (seconds, tasks)
-            return tvm.compile(tuned_mod, target=tuning_target)
-        return run
+    def tuned(mod: tvm.IRModule, races: list[Race]) -> tvm.runtime.Executable:
+        prepared = prepare(mod, target)
+        if races is result.races:
+            result.kernels = len(kernel_tasks(prepared))
+        prepared, found = keep_better(prepared, database, target)
+        races += found
+        with target:
+            return tvm.compile(ApplyDefaultSchedules()(prepared), target=target)
 
     recipes = {
-        "dense stock": lambda: tvm.compile(dense_mod, target=target),
+        "ONNX Runtime": lambda: export_onnx(unified_model, x, tmp / f"{result.name}.onnx"),
+        "dense stock": lambda: tvm.compile(dense_mod, target=codegen_target(preset)),
         "dense default": lambda: build(dense_mod, preset),
-        "dense tuned": tuned(dense_mod, "dense tuned"),
+        "dense tuned": lambda: tuned(dense_mod, result.races),
         "unified fp32": lambda: build(unified_mod, preset),
-        "unified tuned": tuned(unified_mod, "unified tuned"),
+        "unified fp32 + tuned rest": lambda: tuned(unified_mod, result.unified_races),
+        "unified int8": lambda: build(lower_unified(unified_imported, "int8", tasks=preset.cores)[0], preset),
     }
-    if not stock:
+    if args.skip_stock:
         del recipes["dense stock"]
+    if ort is None:
+        result.failures["ONNX Runtime"] = "onnxruntime is not installed (pip install onnxruntime onnxscript)"
+        del recipes["ONNX Runtime"]
     variants = {}
     for label, recipe in recipes.items():
         print(f"  building {label}", flush=True)
+        source = "dense" if label.startswith("dense") else "unified"
         try:
-            variants[label] = compile_timed(recipe, x)
+            built = recipe()
+            variants[label] = (OrtVariant(built, x, source, args.threads) if isinstance(built, Path)
+                               else Variant(built, x, source))
         except Exception as err:  # noqa: BLE001 - report and go on with the other variants
             result.failures[label] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
             print(f"  {label} FAILED: {result.failures[label]}", flush=True)
     return variants
 
 
-def check(variants: dict[str, Variant], models: dict[str, nn.Module], result: ModelResult) -> None:
-    """Max relative error of each build against the PyTorch model it was built from."""
+def check(variants: dict[str, Variant | OrtVariant], models: dict[str, nn.Module], result: ModelResult) -> None:
+    """Max relative error of each build against the PyTorch model it computes."""
     for label, variant in variants.items():
-        model = models["unified" if label.startswith("unified") else "dense"]
         with torch.no_grad():
-            ref = model(torch.from_numpy(variant.x)).numpy()
+            ref = models[variant.source](torch.from_numpy(variant.x)).numpy()
         result.errors[label] = float(np.abs(variant.output() - ref).max() / np.abs(ref).max())
 
 
-def time_all(variants: dict[str, Variant], torch_model: nn.Module, x: np.ndarray, rounds: int,
+def time_all(variants: dict[str, Variant | OrtVariant], torch_model: nn.Module, x: np.ndarray, rounds: int,
              threads: int) -> dict[str, list[float]]:
     """Interleaved rounds: PyTorch eager (unified model), then every build; per-call samples per variant."""
     samples: dict[str, list[float]] = {"PyTorch": []}
@@ -219,18 +473,20 @@ def time_all(variants: dict[str, Variant], torch_model: nn.Module, x: np.ndarray
     return samples
 
 
-def run_model(name: str, tmp: Path, trials: int, rounds: int, threads: int, stock: bool) -> ModelResult:
+def measure_model(name: str, tmp: Path, args: argparse.Namespace) -> ModelResult:
     result = ModelResult(name)
     dense_model, unified_model, shape = make_models(name)
-    variants = build_variants(dense_model, unified_model, shape, tmp, trials, threads, stock, result)
+    variants = build_variants(dense_model, unified_model, shape, tmp, args, result)
     check(variants, {"dense": dense_model, "unified": unified_model}, result)
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    samples = time_all(variants, unified_model, x, rounds, threads)
+    samples = time_all(variants, unified_model, x, args.rounds, args.threads)
     result.times = {label: (min(s), float(np.median(s))) for label, s in samples.items() if s}
     print(f"  {name}: " + ", ".join(f"{k} {v[0] * 1e3:.3f}/{v[1] * 1e3:.3f} ms" for k, v in result.times.items())
-          + f" errors {result.errors} tuning {result.tuning}", flush=True)
+          + f" errors {result.errors}", flush=True)
     return result
 
+
+# ------------------------------------------------------------------------------------------- report
 
 def _ratio(times: dict[str, tuple[float, float]], num: str, den: str, i: int) -> str:
     if num not in times or den not in times:
@@ -238,31 +494,74 @@ def _ratio(times: dict[str, tuple[float, float]], num: str, den: str, i: int) ->
     return f"{times[num][i] / times[den][i]:.2f}x"
 
 
+def _summary_row(r: ModelResult) -> str:
+    """Tuning budget and the keep-the-better outcome of one model, as a markdown table row."""
+    tuned_wins = sum(race.winner == "tuned" for race in r.races)
+    default_sum = sum(race.default * race.weight for race in r.races) * 1e3
+    best_sum = sum(race.best * race.weight for race in r.races) * 1e3
+    gain = f"{default_sum / best_sum:.2f}x" if r.races else "-"
+    rest_wins = sum(race.winner == "tuned" for race in r.unified_races)
+    return (f"| {r.name} | {r.tuning['trials']} | {r.tuning['records']} | {r.tuning['wall_seconds'] / 60:.1f} | "
+            f"{r.kernels} | {len(r.races)} | {tuned_wins} | {len(r.races) - tuned_wins} | {default_sum:.3f} | "
+            f"{best_sum:.3f} | {gain} | {len(r.unified_races)} / {rest_wins} |")
+
+
+def _race_rows(r: ModelResult) -> list[str]:
+    return [f"| {r.name} | {race.task} | {race.weight} | {race.records} | {race.default * 1e6:.1f} | "
+            f"{race.tuned * 1e6:.1f} | {race.winner} | {race.default / race.tuned:.2f}x |" for race in r.races]
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (the machine line of the report), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return names[0] if names else platform.machine()
+
+
 def write_markdown(path: Path, results: list[ModelResult], args: argparse.Namespace, seconds: float) -> None:
     lines = [
-        "# Unified kernels vs dense TVM tuned with meta-schedule (host)",
+        "# Unified kernels vs dense TVM tuned with meta-schedule, keep-the-better (host)",
         "",
-        (f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores **shared with another "
-        f"job that was compiling and testing during this run** (noisy: compare within a row, prefer the "
-        f"minimum; medians show the load). {args.threads} threads for TVM (and for meta-schedule's "
-        f"builder/runner), the better of 1 and {args.threads} threads for PyTorch eager. Batch 1, 32x32 fp32 "
-        f"input, BatchNorm-calibrated untrained weights, unified {BLOCK[0]}x{BLOCK[1]} blocks at sparsity "
-        f"{SPARSITY}. TVM target: host LLVM, mcpu={tvm.target.codegen.llvm_get_system_cpu()}. "
-        f"torch {torch.__version__}, TVM {tvm.__version__}. Rounds: {args.rounds} interleaved, "
-        f"{SAMPLES} single calls each ({SLOW_SAMPLES} for builds slower than {SLOW_SECONDS * 1e3:.0f} ms). "
-        f"Whole run {seconds:.0f} s."),
+        (f"Machine: {cpu_name()}, {os.cpu_count()} cores (shared: compare "
+         f"within a row, prefer the minimum; medians show the load). {args.threads} threads for TVM (and for "
+         f"meta-schedule's builder/runner), the better of 1 and {args.threads} threads for PyTorch eager. Batch "
+         f"1, 32x32 fp32 input, BatchNorm-calibrated untrained weights, unified {BLOCK[0]}x{BLOCK[1]} blocks at "
+         f"sparsity {SPARSITY}. TVM target: host LLVM, mcpu={tvm.target.codegen.llvm_get_system_cpu()}. "
+         f"torch {torch.__version__}, TVM {tvm.__version__}. Rounds: {args.rounds} interleaved, {SAMPLES} "
+         f"single calls each ({SLOW_SAMPLES} for builds slower than {SLOW_SECONDS * 1e3:.0f} ms). Measuring "
+         f"run {seconds:.0f} s."),
         "",
-        (f"Tuning: meta-schedule evolutionary search + XGBoost cost model, `max_trials_global={args.trials}` "
-        f"per tuned build ({TRIALS_PER_ITER} per iteration, 16 warm-up samples, gradient task scheduler) "
-        f"spent on the {args.trials // TRIALS_PER_ITER} heaviest fused kernels (FLOPs x occurrences), "
-        "LocalBuilder/LocalRunner on this host; "
-        "kernels left without a valid record get the project's default schedules. Tuned builds go "
-        "through the same graph preparation as the default builds (HWIO kernels, BN folded, fused). "
-        f"The budget is tiny for whole networks ({args.trials} trials over all tasks): a real "
-        "meta-schedule run spends ~1000+ trials per network, so `dense tuned` here is a lower bound on "
-        "what tuning reaches."),
+        (f"Tuning (`--tune`, done before this run, databases in "
+         f"`{os.path.relpath(args.tuning_dir, ROOT)}/<model>-dense/`): "
+         "meta-schedule evolutionary search + XGBoost cost model on the fused kernels of the prepared dense "
+         f"model carrying >= {MIN_FLOP_SHARE:.1%} of its FLOPs, {TRIALS_PER_ITER} trials per iteration, the "
+         "budget split over the kernels in proportion to FLOPs x occurrences (one iteration each, heaviest "
+         "first, while it lasts), LocalBuilder/LocalRunner on this host. `dense tuned` then keeps, per "
+         "kernel, the faster of the best database record and the default schedule, each timed alone on "
+         f"random inputs (minimum over {RACE_ROUNDS} alternating rounds of {RACE_REPEATS} repeats of >= "
+         f"{RACE_MIN_REPEAT_MS} ms, {args.threads} threads); kernels without a record keep the default. The "
+         "unified kernels are never tuned (0 trials, hand-written schedules). `unified fp32` gives the unified "
+         "model's dense rest (stem, depthwise convs, classifier, epilogues left unfused) the default "
+         "schedules; `unified fp32 + tuned rest` runs the same keep-the-better on that rest against the same "
+         "dense database (its kernels are the dense model's workloads), so both sides get the same tuning "
+         "budget. `unified int8` computes activation scales per call (no calibration); its error is against "
+         "PyTorch fp32. PyTorch eager and ONNX Runtime (CPU provider, model exported with torch.onnx's "
+         f"dynamo exporter, {args.threads} intra-op threads) run the unified weights as dense tensors: "
+         "neither skips pruned blocks."),
         "",
         "Produced by `python benchmarks/tuned_baseline.py " + " ".join(sys.argv[1:]) + "`.",
+        "",
+        "## Tuning budget and keep-the-better",
+        "",
+        ("Kernel times are summed over the raced kernels, weighted by occurrences (ms). Tuning wall time: "
+         "the `--tune` runs up to their last measured batch, from `tuning.json`."),
+        "",
+        ("| model | trials budget | records in database | tuning wall min | kernels | raced (have a record) | "
+         "tuned wins | default wins | sum default ms | sum best ms | default / best | unified rest: raced / "
+         "tuned wins |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[_summary_row(r) for r in results],
         "",
         "## Times (ms, minimum / median)",
         "",
@@ -273,25 +572,23 @@ def write_markdown(path: Path, results: list[ModelResult], args: argparse.Namesp
         cells = [f"{r.times[v][0] * 1e3:.3f} / {r.times[v][1] * 1e3:.3f}" if v in r.times else "-"
                  for v in VARIANTS]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    pairs = [("dense tuned", "unified fp32"), ("dense tuned", "unified tuned"), ("dense default", "unified fp32"),
-             ("dense stock", "dense tuned"), ("dense default", "dense tuned"), ("PyTorch", "unified fp32")]
+    pairs = [("dense tuned", "unified fp32"), ("dense tuned", "unified fp32 + tuned rest"),
+             ("dense default", "unified fp32"), ("PyTorch", "unified fp32"), ("ONNX Runtime", "unified fp32"),
+             ("dense default", "dense tuned")]
     lines += ["", ("## Ratios (a / b = time of a / time of b, >1: b is faster; minimum-based, median-based in "
                    "brackets)"), "", "| model | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |",
               "|---|" + "---|" * len(pairs)]
     for r in results:
         cells = [f"{_ratio(r.times, a, b, 0)} ({_ratio(r.times, a, b, 1)})" for a, b in pairs]
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Tuning and correctness", "",
-              "| model | build | tuning s | kernels tuned | max rel err vs PyTorch |", "|---|---|---|---|---|"]
-    for r in results:
-        for v in VARIANTS[1:]:
-            if v in r.errors:
-                secs, tasks = r.tuning.get(v, (None, None))
-                lines.append(f"| {r.name} | {v} | {'-' if secs is None else f'{secs:.0f}'} | "
-                             f"{'-' if tasks is None else tasks} | {r.errors[v]:.1e} |")
+    lines += ["", "## Correctness", "", "| model | build | max rel err vs PyTorch |", "|---|---|---|"]
+    lines += [f"| {r.name} | {v} | {r.errors[v]:.1e} |" for r in results for v in VARIANTS if v in r.errors]
     failures = [(r.name, v, msg) for r in results for v, msg in r.failures.items()]
     if failures:
         lines += ["", "## Failed builds", ""] + [f"- {m} / {v}: `{msg}`" for m, v, msg in failures]
+    lines += ["", "## Per-kernel races (us per call; default / tuned > 1: the tuned record is faster)", "",
+              "| model | kernel | occurrences | records | default us | tuned us | kept | default / tuned |",
+              "|---|---|---|---|---|---|---|---|", *[row for r in results for row in _race_rows(r)]]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -310,33 +607,49 @@ def write_plot(path: Path, results: list[ModelResult]) -> None:
                width=width, label=v)
     ax.set_xticks(xs, [r.name for r in results])
     ax.set_ylabel("ms per inference (minimum; lower is better)")
-    ax.set_title(f"Host, batch 1, 32x32: unified 4x4 @ {SPARSITY} vs dense TVM tuned (same trial budget)")
+    ax.set_title(f"Host, batch 1, 32x32: unified 4x4 @ {SPARSITY} (untuned) vs dense TVM tuned, keep-the-better")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=64, help="meta-schedule max_trials_global per tuned build")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--skip-stock", action="store_true", help="leave out the untuned stock build")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--out", default=str(Path(__file__).with_suffix("")))
-    args = parser.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    torch.set_num_threads(args.threads)
+def measure(args: argparse.Namespace) -> None:
+    """Build, check and time every variant of every model; write the markdown and the plot."""
+    missing = [m for m in args.models if not (database_dir(args.tuning_dir, m) / STATE_FILE).exists()]
+    if missing:
+        sys.exit(f"no tuning database for {', '.join(missing)} under {args.tuning_dir}: run with --tune first")
     start = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             print(name, flush=True)
-            results.append(run_model(name, Path(tmp), args.trials, args.rounds, args.threads, not args.skip_stock))
+            results.append(measure_model(name, Path(tmp), args))
     out = Path(args.out)
     write_markdown(out.with_suffix(".md"), results, args, time.perf_counter() - start)
     write_plot(out.with_suffix(".png"), results)
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.png')} in {time.perf_counter() - start:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tune", action="store_true", help="tune the dense models into their databases")
+    parser.add_argument("--measure", action="store_true", help="build and time (the default without --tune)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--trials", type=int, default=160, help="meta-schedule trials per model (--tune)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-stock", action="store_true", help="leave out the untuned stock build")
+    parser.add_argument("--tuning-dir", type=Path, default=TUNING_ROOT, help="where the databases live")
+    parser.add_argument("--out", default=str(Path(__file__).with_suffix("")))
+    args = parser.parse_args()
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    torch.set_num_threads(args.threads)
+    if args.tune:
+        for name in args.models:
+            print(f"tuning {name}", flush=True)
+            tune_model(name, args.trials, args.threads, args.tuning_dir)
+    if args.measure or not args.tune:
+        measure(args)
 
 
 if __name__ == "__main__":
