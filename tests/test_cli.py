@@ -102,6 +102,14 @@ def test_target_from_json_path(builtin_pt, tmp_path):
     assert so.read_bytes()[18] == 183  # ELF e_machine: aarch64
 
 
+def test_target_with_bad_core_count(capsys, builtin_pt, tmp_path):
+    preset = tmp_path / "myboard.json"
+    preset.write_text('{"target": {"kind": "llvm", "num-cores": 0}, "arch": "x86_64"}')
+    out = tmp_path / "m.so"
+    _fails_cleanly(capsys, ["compile", str(builtin_pt("digits-cnn")), "--target", str(preset), "-o", str(out)], out,
+                   "num-cores must be a positive integer")
+
+
 def test_console_script_export_builtin(tmp_path):
     """`python -m tvm_unify` works as a real process, and a bad name is one line on stderr."""
     out = tmp_path / "m.pt"

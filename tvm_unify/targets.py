@@ -42,9 +42,12 @@ class TargetPreset:
     def cores(self) -> int:
         """CPU cores the compiled code runs on: the target's ``num-cores``, else this machine's for a host
         preset, else 4 (the usual phone or ARM board)."""
-        if "num-cores" in self.target:
-            return int(self.target["num-cores"])
-        return (os.cpu_count() or 1) if self.is_host else 4
+        if "num-cores" not in self.target:
+            return (os.cpu_count() or 1) if self.is_host else 4
+        cores = self.target["num-cores"]
+        if not isinstance(cores, int) or isinstance(cores, bool) or cores < 1:
+            raise UserError(f"target {self.name}: num-cores must be a positive integer (got {cores!r})")
+        return cores
 
 
 def _from_json(name: str, path: Path) -> TargetPreset:
