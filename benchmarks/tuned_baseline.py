@@ -367,12 +367,13 @@ def tune_model(name: str, trials: int, threads: int, root: Path) -> None:
 # ---------------------------------------------------------------------------------------- measuring
 
 def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target
-                ) -> tuple[tvm.IRModule, list[Race]]:
+                ) -> tuple[tvm.IRModule, list[Race], int]:
     """Install, in every kernel of the prepared module that is not scheduled yet (the unified kernels
     are), the faster of the database's best record and the default schedule; kernels without a record
-    get the default. Returns the module and the races run."""
+    get the default. Returns the module, the races run and the number of distinct kernels."""
     races = []
-    for task in kernel_tasks(mod):
+    tasks = kernel_tasks(mod)
+    for task in tasks:
         if int(mod[task.gvars[0]].attrs.get(SCHEDULED, 0)):
             continue
         versions = {"default": default_kernel(task, target)}
@@ -389,7 +390,7 @@ def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.t
             best = versions["default"]
         for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
             mod[gvar] = best.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})
-    return mod, races
+    return mod, races, len(tasks)
 
 
 def tuning_summary(work_dir: Path, database: ms.database.Database) -> dict:
@@ -411,22 +412,27 @@ def build_variants(dense_model: nn.Module, unified_model: nn.Module, shape: tupl
     unified_imported = import_module(unified_model, shape, tmp)
     unified_mod, _ = lower_unified(unified_imported, "fp32", tasks=preset.cores)
 
-    def tuned(mod: tvm.IRModule, races: list[Race]) -> tvm.runtime.Executable:
-        prepared = prepare(mod, target)
-        if races is result.races:
-            result.kernels = len(kernel_tasks(prepared))
-        prepared, found = keep_better(prepared, database, target)
-        races += found
+    def tuned(mod: tvm.IRModule) -> tuple[tvm.runtime.Executable, list[Race], int]:
+        """``mod`` prepared, keep-the-better installed, built; with its races and kernel count."""
+        prepared, races, kernels = keep_better(prepare(mod, target), database, target)
         with target:
-            return tvm.compile(ApplyDefaultSchedules()(prepared), target=target)
+            return tvm.compile(ApplyDefaultSchedules()(prepared), target=target), races, kernels
+
+    def dense_tuned() -> tvm.runtime.Executable:
+        executable, result.races, result.kernels = tuned(dense_mod)
+        return executable
+
+    def unified_tuned() -> tvm.runtime.Executable:
+        executable, result.unified_races, _ = tuned(unified_mod)
+        return executable
 
     recipes = {
         "ONNX Runtime": lambda: export_onnx(unified_model, x, tmp / f"{result.name}.onnx"),
         "dense stock": lambda: tvm.compile(dense_mod, target=codegen_target(preset)),
         "dense default": lambda: build(dense_mod, preset),
-        "dense tuned": lambda: tuned(dense_mod, result.races),
+        "dense tuned": dense_tuned,
         "unified fp32": lambda: build(unified_mod, preset),
-        "unified fp32 + tuned rest": lambda: tuned(unified_mod, result.unified_races),
+        "unified fp32 + tuned rest": unified_tuned,
         "unified int8": lambda: build(lower_unified(unified_imported, "int8", tasks=preset.cores)[0], preset),
     }
     if args.skip_stock:

@@ -158,7 +158,7 @@ def free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, lanes: int = DEFAU
     return _free_gemm(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
         (g.batch, g.in_channels, g.height + pt + pb, g.width + pl + pr), None if g.padding == (0,) * 4 else (pt, pl),
-        conv_gather(g, layout, vl), store_index, g.in_channels * kh * kw, g.batch * q, vl, ell)
+        conv_gather(g, layout, vl), store_index, g.in_channels * kh * kw, g.pixels, vl, ell)
 
 
 def free_dense(batch: int, in_features: int, out_features: int, ell: FreeEll,

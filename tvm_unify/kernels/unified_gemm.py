@@ -100,6 +100,12 @@ class Conv2dGeometry:
                 (self.width + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
     @property
+    def pixels(self) -> int:
+        """Output pixels over the batch: the GEMM's column count P."""
+        oh, ow = self.out_hw
+        return self.batch * oh * ow
+
+    @property
     def reads_input_in_place(self) -> bool:
         return (self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0, 0, 0)
                 and self.batch == 1)
@@ -242,11 +248,11 @@ def _with_params(kernel: tvm.tirx.PrimFunc, params: list[tirx.Buffer], decls: li
     return func
 
 
-def _sign_field(signs: tvm.tirx.Buffer, rb, slot, bit: int, width: int):
-    """``width`` sign bits (uint32) of block ``(rb, slot)`` from bit ``bit`` (never straddles a word)."""
+def _sign_bit(signs: tvm.tirx.Buffer, rb, slot, bit):
+    """Sign bit ``bit`` (uint32, 1 = negative) of block ``(rb, slot)``."""
     word_bits = tvm.DataType(signs.dtype).bits
     word = T.Cast("uint32", signs[rb, slot, bit // word_bits])
-    return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32((1 << width) - 1))
+    return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32(1))
 
 
 def _lookups(lut: tvm.tirx.Buffer, entries: tvm.tirx.Buffer, rb, slot, i: int, v, lookups: int):
@@ -494,7 +500,7 @@ def _make_kernel(
                         for e in T.vectorized(br * bc):
                             acc[e] = acc[e] + scales[rb, slot] * T.Cast("float32", _apply_sign(
                                 xrep[columns[rb, slot], e],
-                                _sign_field(signs, rb, slot, e, 1), mode))
+                                _sign_bit(signs, rb, slot, e), mode))
                     for i in T.unroll(br):
                         store(yv, 0, order[rb] * br + i, 0, lane_reduce(acc, i * bc, bc) * qscale[0])
 
@@ -548,7 +554,7 @@ def _make_kernel(
                                 for v in T.vectorized(vl):
                                     part[i, v] = part[i, v] + _apply_sign(
                                         _xcol_at(xcol, columns[rb, slot] * bc + j, task // chunks, vl, v),
-                                        _sign_field(signs, rb, slot, i * bc + j, 1), mode)
+                                        _sign_bit(signs, rb, slot, i * bc + j), mode)
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
                                 acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
@@ -634,10 +640,10 @@ def unified_conv2d(g: Conv2dGeometry, weight: EllWeight | LutWeight, layout: str
     def store_index(p0, row, v):
         return (p0 // q, row, p0 % q + v)
 
-    algorithm = _resolve_algorithm(weight, g.batch * q, algorithm)
+    algorithm = _resolve_algorithm(weight, g.pixels, algorithm)
     kernel = _make_kernel(
         (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
-        g.in_channels * kh * kw, g.batch * q, q,
+        g.in_channels * kh * kw, g.pixels, q,
         gather=None if g.reads_input_in_place else conv_gather(g, layout, pick_lanes(q, lanes)),
         pad=None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index=store_index,
         weight=weight, mode=mode, act_scale=act_scale, lanes=lanes, algorithm=algorithm, tasks=tasks,

@@ -27,8 +27,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze
-from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d, free_dense,
-                       kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
+from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d,
+                       free_dense, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 
 
@@ -153,7 +153,7 @@ class LowerUnifiedBlocks:
         """The unified blocks' kernel call, in the pass's mode, on the weight form its algorithm reads."""
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         if entry.op == "conv2d":
-            weight = kernel_weight(to_ell(enc), self.mode, dims.batch * dims.out_hw[0] * dims.out_hw[1])
+            weight = kernel_weight(to_ell(enc), self.mode, dims.pixels)
             kernel = unified_conv2d(dims, weight, enc.spec.layout, self.mode, act_scale, self.lanes, tasks=self.tasks)
         else:
             weight = kernel_weight(to_ell(enc), self.mode, dims[0])
