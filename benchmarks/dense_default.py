@@ -38,12 +38,13 @@ import tvm  # noqa: E402
 from torch import nn  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from tvm_unify.bn_calibration import calibrate_batchnorm  # noqa: E402
-from tvm_unify.compiler import codegen_target  # noqa: E402
+from tvm_unify.models.calibration import calibrate_batchnorm  # noqa: E402
+from tvm_unify.pipeline import codegen_target  # noqa: E402
 from tvm_unify.fileio import atomic_output  # noqa: E402
 from tvm_unify.frontend import import_torchscript  # noqa: E402
 from tvm_unify.models import get_builtin  # noqa: E402
-from tvm_unify.schedule import RULE_ATTR, schedule_default  # noqa: E402
+from tvm_unify.pipeline import schedule_default
+from tvm_unify.schedule import RULE_ATTR  # noqa: E402
 from tvm_unify.targets import load_target  # noqa: E402
 from tvm_unify.torchscript import save_torchscript  # noqa: E402
 

@@ -60,10 +60,11 @@ from tvm.s_tir.analysis import estimate_tir_flops  # noqa: E402
 from unified_kernels import BLOCK, IDLE, import_module, torch_seconds  # noqa: E402
 from unified_weights import unify_model  # noqa: E402
 
-from tvm_unify.bn_calibration import calibrate_batchnorm  # noqa: E402
-from tvm_unify.compiler import build, codegen_target, lower_unified  # noqa: E402
+from tvm_unify.models.calibration import calibrate_batchnorm  # noqa: E402
+from tvm_unify.compiler import lower_unified  # noqa: E402
+from tvm_unify.pipeline import build, codegen_target  # noqa: E402
 from tvm_unify.models import get_builtin  # noqa: E402
-from tvm_unify.schedule.pipeline import SCHEDULED, ApplyDefaultSchedules, prepare_passes  # noqa: E402
+from tvm_unify.pipeline import SCHEDULED, ApplyDefaultSchedules, prepare_passes  # noqa: E402
 from tvm_unify.targets import load_target  # noqa: E402
 
 SPARSITY = 0.75

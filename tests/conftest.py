@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tvm_unify.bn_calibration import calibrate_batchnorm
+from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.models import get_builtin
 from tvm_unify.torchscript import save_torchscript
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tvm_unify.cli import main
-from tvm_unify.procs import free_port, group_alive, port_open, python_module_cmd, spawn_group, stop_group, wait_ready
+from tvm_unify.device.procs import free_port, group_alive, port_open, python_module_cmd, spawn_group, stop_group, wait_ready
 
 HOST = "127.0.0.1"
 

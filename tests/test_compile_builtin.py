@@ -8,7 +8,7 @@ import pytest
 from helpers import assert_matches, torch_reference
 from tvm_unify.compiler import compile_model
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.runner import library_arch, run_local
+from tvm_unify.runtime.local import library_arch, run_local
 
 FAST = ["digits-cnn", "mlp", "resnet18", "mobilenetv2"]
 LARGE = [pytest.param("resnet18-224", marks=pytest.mark.slow),

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from tvm import relax
 
 from helpers import assert_matches
-from tvm_unify.compiler import codegen_target
-from tvm_unify.schedule import RULE_ATTR, schedule_default
-from tvm_unify.schedule.fold import FoldConstantsNumpy
+from tvm_unify.pipeline import codegen_target
+from tvm_unify.pipeline import schedule_default
+from tvm_unify.schedule import RULE_ATTR
+from tvm_unify.passes import FoldConstantsNumpy
 from tvm_unify.targets import load_target
 
 HOST = codegen_target(load_target("host"))

@@ -18,13 +18,13 @@ import pytest
 
 from helpers import assert_matches, torch_reference
 from rpc_servers import cli_error, save_npy, start_tracker
-from tvm_unify.bench import BenchOptions, bench_local
+from tvm_unify.runtime.bench import BenchOptions, bench_local
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
-from tvm_unify.device import device_status, start_device, stop_device
+from tvm_unify.device.emulator import device_status, start_device, stop_device
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.procs import free_port, group_alive
-from tvm_unify.rpc import DeviceLost, DeviceSpec, load_remote, time_remote, with_device
+from tvm_unify.device.procs import free_port, group_alive
+from tvm_unify.runtime.rpc import DeviceLost, DeviceSpec, load_remote, time_remote, with_device
 
 # The first set-up on a fresh machine takes about a minute; nothing here should take ten.
 pytestmark = pytest.mark.timeout(600)

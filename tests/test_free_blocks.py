@@ -20,7 +20,7 @@ from torch import nn
 from helpers import assert_matches, torch_reference
 from test_kernels import BLOCKS, HOST, conv_cases
 from test_lower_pass import fake_quant_reference, rounding_sensitivity
-from tvm_unify.bn_calibration import calibrate_batchnorm
+from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
 from tvm_unify.format import BlockSpec, verify
@@ -28,7 +28,7 @@ from tvm_unify.frontend import import_torchscript
 from tvm_unify.kernels import free_conv2d, free_dense, to_ell, to_free_ell, unified_conv2d, unified_dense
 from tvm_unify.models import get_builtin
 from tvm_unify.passes import report_table
-from tvm_unify.runner import run_local
+from tvm_unify.runtime.local import run_local
 from tvm_unify.torchscript import load_torchscript, save_torchscript
 from tvm_unify.unify.project import FREE, classify_blocks
 from tvm_unify.unify.tiling import from_blocks, to_blocks

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from tvm import relax
 
 from helpers import assert_matches, torch_reference
-from tvm_unify.bn_calibration import calibrate_batchnorm
-from tvm_unify.compiler import build
+from tvm_unify.models.calibration import calibrate_batchnorm
+from tvm_unify.pipeline import build
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript

@@ -13,12 +13,13 @@ from tvm import relax
 
 from helpers import assert_matches, torch_reference
 from test_lower_pass import fake_quant_reference, rounding_sensitivity
-from tvm_unify.bn_calibration import calibrate_batchnorm
-from tvm_unify.compiler import codegen_target, lower_unified
+from tvm_unify.models.calibration import calibrate_batchnorm
+from tvm_unify.compiler import lower_unified
+from tvm_unify.pipeline import codegen_target
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.kernels.unified_gemm import recipe_of
 from tvm_unify.passes import FuseUnifiedEpilogue
-from tvm_unify.schedule import schedule_default
+from tvm_unify.pipeline import schedule_default
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
 from unified_weights import unify_model

@@ -10,12 +10,12 @@ import torch
 
 from helpers import assert_matches
 from test_lower_pass import fake_quant_reference, rounding_sensitivity, unified_model
-from tvm_unify.int8_calibration import calibrate_act_scales
+from tvm_unify.frontend import calibrate_act_scales
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.models import get_builtin
-from tvm_unify.runner import run_local
+from tvm_unify.runtime.local import run_local
 from tvm_unify.torchscript import save_torchscript
 
 

@@ -12,14 +12,16 @@ import tvm
 from tvm import relax
 
 from helpers import assert_matches, torch_reference
-from tvm_unify.bn_calibration import calibrate_batchnorm
+from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.cli import main
-from tvm_unify.compiler import build, compile_model, lower_unified
+from tvm_unify.compiler import compile_model, lower_unified
+from tvm_unify.pipeline import build
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.kernels.unified_gemm import recipe_of
 from tvm_unify.models import get_builtin
-from tvm_unify.passes import LowerUnifiedBlocks, layer_names
-from tvm_unify.runner import library_arch, run_local
+from tvm_unify.frontend import layer_names
+from tvm_unify.passes import LowerUnifiedBlocks
+from tvm_unify.runtime.local import library_arch, run_local
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
 from unified_weights import unify_model

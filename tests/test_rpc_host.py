@@ -15,12 +15,12 @@ import pytest
 
 from helpers import assert_matches, torch_reference
 from rpc_servers import cli_error, save_npy, start_host_servers, start_tracker
-from tvm_unify.bench import BenchOptions, bench_one
+from tvm_unify.runtime.bench import BenchOptions, bench_one
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.procs import free_port, stop_group
-from tvm_unify.rpc import DeviceLost, DeviceSpec
+from tvm_unify.device.procs import free_port, stop_group
+from tvm_unify.runtime.rpc import DeviceLost, DeviceSpec
 
 # An RPC call that never returns must fail the test, not hang the suite (fixtures still clean up).
 pytestmark = pytest.mark.timeout(180)
@@ -135,7 +135,7 @@ def test_tracker_run_and_devices(libs, tracker, keyed_servers, capsys):
 
 def _wait_for_free(tracker, key: str, count: int, capsys, timeout: float = 30) -> None:
     """Servers register with the tracker just after they start listening: wait for ``count`` free."""
-    from tvm_unify.rpc import tracker_summary
+    from tvm_unify.runtime.rpc import tracker_summary
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

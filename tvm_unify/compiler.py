@@ -19,11 +19,10 @@ from tvm.support import cc
 from .errors import UserError
 from .fileio import atomic_output
 from .format import specs_from_metadata
-from .frontend import ImportedModel, import_torchscript
-from .int8_calibration import calibrate_act_scales
+from .frontend import ImportedModel, calibrate_act_scales, import_torchscript, layer_names
 from .kernels import DEFAULT_TASKS
-from .passes import LayerReport, LowerUnifiedBlocks, layer_names
-from .schedule import schedule_default
+from .passes import LayerReport, LowerUnifiedBlocks
+from .pipeline import build
 from .targets import TargetPreset, load_target
 
 
@@ -36,25 +35,6 @@ class CompileResult:
     input_shape: tuple[int, ...]
     timings: dict[str, float] = field(default_factory=dict)
     report: list[LayerReport] = field(default_factory=list)
-
-
-def codegen_target(preset: TargetPreset) -> tvm.target.Target:
-    """The preset's TVM target; a host preset without ``mcpu`` gets this machine's CPU.
-
-    Plain ``llvm`` generates baseline x86-64 code (SSE2, no FMA): 4-wide vectors where this host
-    has AVX-512. A host build only ever runs here, so it may use every instruction this CPU has.
-    """
-    if preset.is_host and "mcpu" not in preset.target:
-        return tvm.target.Target({**preset.target, "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
-    return preset.tvm_target()
-
-
-def build(mod: tvm.IRModule, preset: TargetPreset) -> tvm.runtime.Executable:
-    """Schedule the dense layers with the default CPU rules, then lower and generate code for ``preset``."""
-    target = codegen_target(preset)
-    with target:
-        mod = schedule_default(mod, target)
-        return tvm.compile(mod, target=target)
 
 
 def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bench import BenchOptions, BenchResult, bench_local
+from .runtime.bench import BenchOptions, BenchResult, bench_local
 from .compiler import compile_model
 from .errors import UserError
-from .frontend import ImportedModel, import_torchscript
+from .frontend.importer import ImportedModel, import_torchscript
 from .passes import report_table
-from .runner import library_arch
+from .runtime.local import library_arch
 
 TOLERANCE = 1e-4
 STEPS = 5
@@ -81,11 +81,11 @@ def run_on_emulated_device(out: Path, host: BenchResult, arm_so: Path, x: np.nda
 
     The device is started on a free loopback port and stopped again, whatever happens.
     """
-    from .bench import EMULATED_NOTE, bench_one, failed_checks, format_table
-    from .bench import write_json, write_markdown
-    from .device import start_device, stop_device
-    from .procs import free_port
-    from .rpc import DeviceSpec
+    from .runtime.bench import EMULATED_NOTE, bench_one, failed_checks, format_table
+    from .runtime.bench import write_json, write_markdown
+    from .device.emulator import start_device, stop_device
+    from .device.procs import free_port
+    from .runtime.rpc import DeviceSpec
 
     port = free_port()
     print(f"[device] starting the emulated aarch64 device (qemu user mode) on 127.0.0.1:{port}; "

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from .errors import UserError
 
 
@@ -37,3 +39,12 @@ def require_file(path: str | os.PathLike, what: str) -> Path:
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     return p
+
+
+def load_npy(path: str | os.PathLike, what: str = "input file") -> np.ndarray:
+    """An existing ``.npy`` array file (no pickles), or a one-line error naming ``what`` and the path."""
+    p = require_file(path, what)
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise UserError(f"not a .npy array file: {p} ({err})") from None

@@ -19,6 +19,7 @@ BSR order, each block row-major). Free blocks go in a separate BSR part with ful
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -205,6 +206,13 @@ def decode(enc: UnifiedWeight) -> np.ndarray:
     return from_matrix(_untile(tiles, rows, cols), enc.weight_shape, enc.spec.layout)
 
 
+def weight_fingerprint(weight: np.ndarray) -> str:
+    """Identity of a weight by value: how the compiler finds the module path (and so the block spec) of a
+    constant in the imported graph, whose names the importer does not keep."""
+    data = np.ascontiguousarray(weight, dtype=np.float32)
+    return hashlib.sha1(repr(data.shape).encode() + data.tobytes()).hexdigest()
+
+
 def candidate_specs(weight_shape: tuple[int, ...]) -> Iterable[BlockSpec]:
     """Block specs worth trying on a weight with no metadata, most compressive first."""
     layouts = LAYOUTS if len(weight_shape) == 4 and np.prod(weight_shape[2:]) > 1 else LAYOUTS[:1]
@@ -277,4 +285,5 @@ def specs_from_metadata(metadata: dict[str, Any]) -> dict[str, BlockSpec]:
 
 
 __all__ = ["Analysis", "BlockSpec", "CANDIDATE_BLOCKS", "UnifiedWeight", "analyze", "decode",
-           "from_matrix", "spec_from_metadata", "specs_from_metadata", "to_matrix", "verify"]
+           "from_matrix", "spec_from_metadata", "specs_from_metadata", "to_matrix", "verify",
+           "weight_fingerprint"]

@@ -1,12 +1,16 @@
 """Device presets: ``targets/NAME.json`` holds a TVM target dict plus what the tool needs around it.
 
-A preset is looked up by name in the project's ``targets/`` folder, or given as a path to a JSON file of
-the same shape, so users can describe their own board without touching the package.
+A preset is looked up by name among the bundled presets (the repository's ``targets/`` folder, shipped in
+the package as ``tvm_unify/presets`` and found through ``importlib.resources``, so an installed wheel has
+them too), or given as a path to a JSON file of the same shape, so users can describe their own board
+without touching the package.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import resources
+from importlib.resources.abc import Traversable
 import os
 import re
 from dataclasses import dataclass, replace
@@ -15,9 +19,13 @@ from typing import Any
 
 import tvm
 
-from .errors import UserError
+from .errors import UserError, last_line
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+def _bundled() -> Traversable:
+    """The bundled presets' folder, wherever the package is installed."""
+    return resources.files("tvm_unify") / "presets"
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class TargetPreset:
         return cores
 
 
-def _from_json(name: str, path: Path) -> TargetPreset:
+def _from_json(name: str, path: Path | Traversable) -> TargetPreset:
     try:
         data = json.loads(path.read_text())
         preset = TargetPreset(
@@ -66,13 +74,13 @@ def _from_json(name: str, path: Path) -> TargetPreset:
     try:
         preset.tvm_target()
     except Exception as err:  # TVM raises its own error types for invalid target dicts
-        raise UserError(f"bad TVM target in {path}: {str(err).strip().splitlines()[-1]}") from None
+        raise UserError(f"bad TVM target in {path}: {last_line(err)}") from None
     return preset
 
 
 def available_targets() -> list[str]:
     """Names of the bundled presets."""
-    return sorted(p.stem for p in TARGETS_DIR.glob("*.json"))
+    return sorted(p.name.removesuffix(".json") for p in _bundled().iterdir() if p.name.endswith(".json"))
 
 
 def load_target(name_or_path: str | os.PathLike) -> TargetPreset:
@@ -83,7 +91,7 @@ def load_target(name_or_path: str | os.PathLike) -> TargetPreset:
         if not path.is_file():
             raise UserError(f"target file not found: {path}")
         return _from_json(path.stem, path)
-    path = TARGETS_DIR / f"{text}.json"
+    path = _bundled() / f"{text}.json"
     if not path.is_file():
         raise UserError(f"unknown target {text!r} (choose from {', '.join(available_targets())}, "
                         "or give a path to a .json preset)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import atomic_output, require_file
 
 METADATA_FILE = "tvm_unify.json"
@@ -43,8 +43,7 @@ def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, d
     try:
         module = torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
     except RuntimeError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"not a TorchScript file: {p} ({first_line})") from None
+        raise UserError(f"not a TorchScript file: {p} ({first_line(err)})") from None
     try:
         metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
     except json.JSONDecodeError as err:

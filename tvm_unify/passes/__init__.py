@@ -1,7 +1,11 @@
-"""Relax passes of tvm-unify."""
+"""Relax passes of tvm-unify: lowering unified layers, fusing their epilogues, folding constants,
+keeping hand-scheduled kernels out of fusion."""
 
+from .fold_constants import FoldConstantsNumpy
 from .fuse_epilogue import FuseUnifiedEpilogue
-from .lower_unified_blocks import LowerUnifiedBlocks, layer_names, weight_fingerprint
+from .keep_scheduled_opaque import KeepScheduledOpaque
+from .lower_unified_blocks import LowerUnifiedBlocks
 from .report import LayerReport, report_table
 
-__all__ = ["FuseUnifiedEpilogue", "LayerReport", "LowerUnifiedBlocks", "layer_names", "report_table", "weight_fingerprint"]
+__all__ = ["FoldConstantsNumpy", "FuseUnifiedEpilogue", "KeepScheduledOpaque", "LayerReport", "LowerUnifiedBlocks",
+           "report_table"]

@@ -3,7 +3,7 @@ BatchNorm, residual add, ReLU, ReLU6) into the kernel's store, so its output mak
 memory instead of one per op.
 
 Why our own fusion: the unified kernels are hand-scheduled and kept opaque to FuseOps
-(``schedule/pipeline.py``), and FuseTIR could only append the epilogue as a second loop nest over the
+(``passes/keep_scheduled_opaque.py``), and FuseTIR could only append the epilogue as a second loop nest over the
 output in memory. Instead the kernel is regenerated from its recipe (``kernels/unified_gemm.py``) with
 the epilogue applied in registers.
 
@@ -34,7 +34,7 @@ from tvm import relax
 from tvm.ir.transform import PassContext, module_pass
 
 from ..kernels.unified_gemm import AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
-from .lower_unified_blocks import static_tensor_shape
+from .shapes import static_tensor_shape
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 CLIPS = {"relax.nn.relu": (0.0, None), "relax.nn.relu6": (0.0, 6.0)}

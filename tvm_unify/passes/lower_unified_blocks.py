@@ -17,49 +17,22 @@ Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
 
 from __future__ import annotations
 
-import hashlib
 from typing import Mapping
 
 import numpy as np
-import torch
 import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-from ..format import Analysis, BlockSpec, UnifiedWeight, analyze
+from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d,
                        free_dense, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
-
-
-def weight_fingerprint(weight: np.ndarray) -> str:
-    """Identity of a weight by value, to name a Relax constant after the torch module that owns it."""
-    data = np.ascontiguousarray(weight, dtype=np.float32)
-    return hashlib.sha1(repr(data.shape).encode() + data.tobytes()).hexdigest()
-
-
-def layer_names(module: torch.nn.Module) -> dict[str, str]:
-    """``weight_fingerprint`` -> module path for every 2D/4D ``*.weight`` of a (TorchScript) module."""
-    return {weight_fingerprint(t.detach().numpy()): key.removesuffix(".weight")
-            for key, t in module.state_dict().items() if key.endswith(".weight") and t.dim() in (2, 4)}
+from .shapes import static_tensor_shape
 
 
 # What a kernel generator needs besides the weight: the conv geometry, or a linear's (batch, in, out).
 Dims = Conv2dGeometry | tuple[int, int, int]
-
-
-def static_tensor_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    """The shape of a float32 tensor expression whose dimensions are all constants, else None (the
-    kernels are generated per shape)."""
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != "float32":
-        return None
-    dims = []
-    for d in ty.shape.values:
-        if not isinstance(d, tvm.tirx.IntImm):
-            return None
-        dims.append(int(d))
-    return tuple(dims)
 
 
 def _ints(values) -> tuple[int, ...]:

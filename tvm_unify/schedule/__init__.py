@@ -1,8 +1,8 @@
-"""Hand-written default CPU schedules (x86 and aarch64) for the layers that stay dense."""
+"""Default CPU schedules for the dense part of a model, as dlight-style rules."""
 
+from .apply import RULE_ATTR, SCHEDULED, ApplyDefaultSchedules, default_rules, is_scheduled
 from .contraction import Contraction
 from .fallback import Fallback
-from .pipeline import RULE_ATTR, ApplyDefaultSchedules, default_rules, prepare_passes, schedule_default
 
-__all__ = ["RULE_ATTR", "ApplyDefaultSchedules", "Contraction", "Fallback", "default_rules", "prepare_passes",
-           "schedule_default"]
+__all__ = ["ApplyDefaultSchedules", "Contraction", "Fallback", "RULE_ATTR", "SCHEDULED", "default_rules",
+           "is_scheduled"]

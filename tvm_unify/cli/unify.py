@@ -12,8 +12,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI builds every parser at start-up: keep torch out of it until a command runs
-    from .pipeline import Schedule
-    from .spec import UnifyConfig
+    from ..unify.pipeline import Schedule
+    from ..unify.spec import UnifyConfig
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -65,7 +65,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 def config_from_args(args: argparse.Namespace) -> "UnifyConfig":
     """The ``UnifyConfig`` the spec options describe."""
-    from .spec import UnifyConfig, parse_block, parse_layer_override
+    from ..unify.spec import UnifyConfig, parse_block, parse_layer_override
 
     overrides = dict(parse_layer_override(text) for text in args.layer)
     skip = tuple(name.strip() for name in args.skip.split(",") if name.strip())
@@ -74,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> "UnifyConfig":
 
 
 def _schedule_from_args(args: argparse.Namespace, pretrained: bool) -> "Schedule":
-    from .pipeline import Schedule
+    from ..unify.pipeline import Schedule
 
     common = {k: getattr(args, k) for k in ("rho", "rho_growth", "lr", "batch_size", "seed")
               if getattr(args, k) is not None}
@@ -88,14 +88,14 @@ def _schedule_from_args(args: argparse.Namespace, pretrained: bool) -> "Schedule
 def _cmd_unify(args: argparse.Namespace) -> None:
     import torch
 
-    from ..bn_calibration import calibrate_batchnorm
+    from ..models.calibration import calibrate_batchnorm
     from ..errors import UserError
-    from ..frontend import parse_shape
-    from .export import export_unified
-    from .inspect import format_summary, summarize
-    from .pipeline import accuracy_metadata, train_unify, unify_
-    from .sources import load_source
-    from .train import Runtime
+    from ..frontend.importer import parse_shape
+    from ..unify.export import export_unified
+    from ..unify.inspect import format_summary, summarize
+    from ..unify.pipeline import accuracy_metadata, train_unify, unify_
+    from ..unify.sources import load_source
+    from ..unify.train import Runtime
 
     config = config_from_args(args)
     shape = parse_shape(args.input_shape) if args.input_shape else None
@@ -124,6 +124,6 @@ def _cmd_unify(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    from .inspect import format_summary, summarize
+    from ..unify.inspect import format_summary, summarize
 
     print(format_summary(summarize(args.model)))

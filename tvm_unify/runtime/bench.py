@@ -14,11 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import atomic_output
-from .rpc import (DeviceSpec, Session, Timing, count_remote, device_info, load_remote, max_error, probe_input,
+from ..errors import UserError
+from ..fileio import atomic_output
+from .rpc import (DeviceSpec, Session, Timing, count_remote, device_info, load_remote, probe_input,
                   run_remote, time_remote, time_vm, with_device)
-from .runner import library_arch, load_local
+from .local import library_arch, load_local
+from .reference import compare
 
 EMULATED_NOTE = ("Timings from the emulated device (qemu user mode) are NOT ARM timings: qemu's speed does "
                  "not track real ARM cores. Compare builds there by instruction counts, or on a real board.")
@@ -91,9 +92,8 @@ def bench_local(library: Path, inputs: list[np.ndarray] | None, reference: np.nd
 
 def _check(result: BenchResult, output: np.ndarray, reference: np.ndarray, rtol: float) -> None:
     """Record the max abs error to the reference and whether it is within ``rtol`` of its scale."""
-    result.max_abs_err = max_error(output, reference, result.library, result.device)
-    scale = max(float(np.abs(reference).max()), 1e-12)
-    result.within_tolerance = result.max_abs_err <= rtol * scale
+    agreement = compare(output, reference, rtol, f"{result.library} on {result.device}")
+    result.max_abs_err, result.within_tolerance = agreement.max_abs_err, agreement.ok
 
 
 def _random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -14,8 +14,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .errors import UserError
-from .fileio import require_file
+from ..errors import UserError, first_line
+from ..fileio import require_file
 
 # ELF e_machine values of the architectures we build for.
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
@@ -39,7 +39,7 @@ def load_local(path: str | os.PathLike) -> relax.VirtualMachine:
     try:
         lib = tvm.runtime.load_module(str(path))
     except RuntimeError as err:
-        raise UserError(f"cannot load {path}: {_first_line(err)}") from None
+        raise UserError(f"cannot load {path}: {first_line(err)}") from None
     return relax.VirtualMachine(lib, tvm.cpu())
 
 
@@ -54,9 +54,5 @@ def run_local(path: str | os.PathLike, data: np.ndarray) -> np.ndarray:
             raise UserError(f"input mismatch: input is {data.dtype} {tuple(data.shape)}, {path} expects "
                             f"{expected.group(2)} ({expected.group(1)})") from None
         raise UserError(f"running {path} failed on input {data.dtype} {tuple(data.shape)}: "
-                        f"{_first_line(err)}") from None
+                        f"{first_line(err)}") from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

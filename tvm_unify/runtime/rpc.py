@@ -23,8 +23,8 @@ from tvm import rpc
 from tvm.rpc import base as rpc_base
 from tvm.runtime.vm import VirtualMachine
 
-from .errors import UserError
-from .runner import library_arch
+from ..errors import UserError, last_line
+from .local import library_arch
 
 CONNECT_TIMEOUT = 10.0
 COUNT_FUNCTION = "tvm_unify.count_instructions"
@@ -85,7 +85,7 @@ def open_session(spec: DeviceSpec) -> Session:
     try:
         return Session(rpc.connect(host, port, key=matchkey), name)
     except Exception as err:  # TVM raises its own error classes for failed handshakes
-        raise UserError(f"cannot open an RPC session with device {name}: {_error_summary(err)}") from None
+        raise UserError(f"cannot open an RPC session with device {name}: {last_line(err)}") from None
 
 
 def _check_reachable(host: str, port: int, what: str) -> None:
@@ -202,7 +202,7 @@ def load_remote(session: Session, library: str | Path) -> RemoteModel:
 
 def _load_reason(err: BaseException) -> str:
     """The dynamic loader's complaint without TVM's check-failure preamble."""
-    return _error_summary(err).split(" is false: ", 1)[-1]
+    return last_line(err).split(" is false: ", 1)[-1]
 
 
 @contextlib.contextmanager
@@ -216,7 +216,7 @@ def device_errors(device: str, doing: str) -> Iterator[None]:
         if _is_connection_loss(str(exc)):
             raise DeviceLost(f"device {device} was lost while {doing} "
                              "(connection closed: the server died or was stopped)") from None
-        raise UserError(f"device {device} failed while {doing}: {_error_summary(exc)}") from None
+        raise UserError(f"device {device} failed while {doing}: {last_line(exc)}") from None
 
 
 def _is_connection_loss(text: str) -> bool:
@@ -325,27 +325,3 @@ def with_device(spec: DeviceSpec, job: Callable[[Session], T], retries: int = 1,
             if not spec.via_tracker or failures > retries:
                 raise
             log(f"{err}; retrying on another {spec.key!r} device ({failures}/{retries})")
-
-
-def load_reference(path: str | Path | None) -> np.ndarray | None:
-    """The reference output array (.npy) a run is checked against, if one was given."""
-    if path is None:
-        return None
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read reference output {path}: {err}") from None
-
-
-def max_error(ours: np.ndarray, ref: np.ndarray, library: str, device: str) -> float:
-    """Max abs difference to the reference; a shape mismatch is a one-line error."""
-    if ours.shape != ref.shape:
-        raise UserError(f"{library} on {device}: output shape {ours.shape} differs from the reference "
-                        f"{ref.shape}")
-    return float(np.abs(ours.astype(np.float64) - ref).max())
-
-
-def _error_summary(err: BaseException) -> str:
-    """The last non-empty line of an error: TVM puts its message after a remote traceback."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__

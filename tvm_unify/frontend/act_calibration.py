@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import fx
 
-from .errors import UserError
-from .frontend import ImportedModel, torchscript_to_exported_program
-from .passes import layer_names as module_layer_names
-from .passes import weight_fingerprint
+from ..errors import UserError
+from .importer import ImportedModel, torchscript_to_exported_program
+from .naming import layer_names as module_layer_names
+from ..format import weight_fingerprint
 
 # The aten ops a conv2d / linear layer becomes in a converted or exported program (traced TorchScript
 # gives ``convolution``, scripted and eager give ``conv2d``); the input is args[0], the weight args[1].

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

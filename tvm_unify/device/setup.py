@@ -19,7 +19,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("TVU_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -27,7 +27,7 @@ GUEST_PYTHON = "/usr/bin/python3"
 GUEST_SITE = "/opt/tvm-py"
 GUEST_WHEELS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "cloudpickle", "psutil",
                 "tornado"]
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "device_guest" / "insn_count.c"
+PLUGIN_SOURCE = Path(__file__).resolve().parent / "guest" / "insn_count.c"
 _SETUP_VERSION = "1"
 
 

@@ -20,8 +20,8 @@ import tvm
 from torch._export.converter import TS2EPConverter
 from tvm.relax.frontend.torch import from_exported_program
 
-from .errors import UserError
-from .torchscript import load_torchscript
+from ..errors import UserError, first_line
+from ..torchscript import load_torchscript
 
 
 @dataclass
@@ -81,12 +81,8 @@ def torchscript_to_exported_program(
         with _static_reexport(), torch.no_grad(), _quiet_torch():
             return TS2EPConverter(module, sample).convert()
     except Exception as err:  # torch raises many types here; all mean "cannot convert this model"
-        raise UserError(f"cannot convert TorchScript to an ExportedProgram: {_first_line(err)}") from None
+        raise UserError(f"cannot convert TorchScript to an ExportedProgram: {first_line(err)}") from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _layer_of(ep: torch.export.ExportedProgram, op_name: str) -> str:
@@ -106,7 +102,7 @@ def exported_program_to_relax(ep: torch.export.ExportedProgram) -> tvm.IRModule:
         with _quiet_torch():
             return from_exported_program(ep, unwrap_unit_return_tuple=True)
     except (AssertionError, ValueError, KeyError, NotImplementedError, RuntimeError) as err:
-        message = _first_line(err)
+        message = first_line(err)
         unsupported = re.search(r"Unsupported function types? \[?'?([\w.]+)", message)
         if unsupported:
             op = unsupported.group(1)
@@ -126,7 +122,7 @@ def import_torchscript(path: str | os.PathLike, input_shape: tuple[int, ...] | N
             module(torch.zeros(input_shape))
     except RuntimeError as err:
         raise UserError(f"input shape {','.join(map(str, input_shape))} does not fit the model: "
-                        f"{_first_line(err)}") from None
+                        f"{first_line(err)}") from None
     ep = torchscript_to_exported_program(module, input_shape)
     mod = exported_program_to_relax(ep)
     return ImportedModel(mod=mod, input_shape=input_shape, metadata=metadata, torch_module=module, program=ep)

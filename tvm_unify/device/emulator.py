@@ -1,7 +1,7 @@
 """The emulated aarch64 device: a real TVM RPC server for aarch64 running under qemu user mode.
 
-``start_device`` sets the device up on first use (``device_setup``, cached), then starts our guest
-server script (``device_guest/server.py``) with the guest's python3 under ``qemu-aarch64``, in its own
+``start_device`` sets the device up on first use (``device/setup.py``, cached), then starts our guest
+server script (``device/guest/server.py``) with the guest's python3 under ``qemu-aarch64``, in its own
 process group, listening on 127.0.0.1 unless asked otherwise. Its PID and settings are kept in
 ``<cache>/run/<port>.json`` so ``stop_device``/``device_status`` work from any later command.
 
@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .device_setup import GUEST_PYTHON, GUEST_SITE, DeviceFiles, cache_dir, ensure_device_files
-from .errors import UserError
+from .setup import GUEST_PYTHON, GUEST_SITE, DeviceFiles, cache_dir, ensure_device_files
+from ..errors import UserError
 from .procs import group_alive, port_open, start_server, stop_group
 
-GUEST_SERVER = Path(__file__).resolve().parent / "device_guest" / "server.py"
+GUEST_SERVER = Path(__file__).resolve().parent / "guest" / "server.py"
 GUEST_SERVER_PATH = "/opt/tvu/server.py"
 START_TIMEOUT = 180.0
 READY_LINE = "tvm-unify emulated aarch64 device listening on"  # printed by the guest server once it listens

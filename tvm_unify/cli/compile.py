@@ -1,0 +1,75 @@
+"""``tvm-unify targets``, ``export-builtin`` and ``compile``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd_targets(args: argparse.Namespace) -> None:
+    from ..targets import available_targets, load_target
+
+    for name in available_targets():
+        preset = load_target(name)
+        print(f"{name:10s} {preset.arch:8s} {preset.description}")
+
+
+def _cmd_export_builtin(args: argparse.Namespace) -> None:
+    from ..torchscript import save_torchscript
+    from ..models import get_builtin
+    from ..models.calibration import calibrate_batchnorm
+
+    builtin = get_builtin(args.name)
+    model = calibrate_batchnorm(builtin.factory(), builtin.input_shape, seed=args.seed)
+    save_torchscript(model, args.output, builtin.input_shape, {"model": builtin.name})
+    print(f"wrote {args.output} ({builtin.name}, input {builtin.input_shape}, BatchNorm-calibrated)")
+
+
+def _cmd_compile(args: argparse.Namespace) -> None:
+    from ..compiler import compile_model
+    from ..fileio import load_npy
+    from ..frontend import parse_shape
+    from ..passes import report_table
+    from ..targets import android_preset, load_target
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    preset = load_target(args.target)
+    if args.android_ndk:
+        preset = android_preset(preset, args.android_ndk)
+    samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
+    result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
+                           calibration=samples)
+    if result.report:
+        print(report_table(result.report))
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"wrote {result.output} for target {result.target} (input {result.input_shape}; {stages})")
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add ``targets``, ``export-builtin`` and ``compile`` to the CLI."""
+    p = sub.add_parser("targets", help="list the bundled device presets")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser("export-builtin", help="write a built-in model as TorchScript (BatchNorm-calibrated)")
+    p.add_argument("name", help="built-in model name (digits-cnn, mlp, resnet18, resnet18-224, mobilenetv2, "
+                                "mobilenetv2-224)")
+    p.add_argument("-o", "--output", required=True, help="output .pt file")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and calibration batches")
+    p.set_defaults(func=_cmd_export_builtin)
+
+    p = sub.add_parser("compile", help="compile a TorchScript model into a shared library for a target")
+    p.add_argument("model", help="TorchScript file (.pt)")
+    p.add_argument("--target", default="host",
+                   help="preset name (see `tvm-unify targets`) or path to a target .json (default: host)")
+    p.add_argument("-o", "--output", required=True, help="output shared library (.so)")
+    p.add_argument("--input-shape", help="e.g. 1,3,32,32 (default: the shape stored in the model file)")
+    p.add_argument("--android-ndk", metavar="DIR",
+                   help="link for Android with this NDK's aarch64 clang (aarch64 targets only)")
+    p.add_argument("--mode", choices=["fp32", "int8"], default="fp32",
+                   help="numerics of the unified kernels: fp32, or int8 activations x +-1 weights (default: fp32)")
+    p.add_argument("--calibrate", metavar="SAMPLES.npy",
+                   help="int8 only: fix each layer's activation scale to max|input|/127 over these sample inputs "
+                        "(N x input shape, or stacked along the batch axis); without it the int8 kernels compute "
+                        "the scale from each input at run time")
+    p.add_argument("--dense", action="store_true",
+                   help="compile the plain model without unified kernels, for comparison")
+    p.set_defaults(func=_cmd_compile)

@@ -1,0 +1,2 @@
+"""Running compiled libraries: locally in a Relax VM (``local``), on devices over TVM RPC (``rpc``),
+timed and checked (``bench``, ``reference``)."""
