@@ -17,7 +17,7 @@ from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.compiler import lower_unified
 from tvm_unify.pipeline import codegen_target
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.kernels.unified_gemm import recipe_of
+from tvm_unify.kernels import recipe_of
 from tvm_unify.passes import FuseUnifiedEpilogue
 from tvm_unify.pipeline import schedule_default
 from tvm_unify.targets import load_target

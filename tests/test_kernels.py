@@ -13,7 +13,7 @@ import tvm
 from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
-from tvm_unify.kernels import Conv2dGeometry, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
+from tvm_unify.kernels import Conv2dGeometry, KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
 from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, lut_bits, row_groups
 from unified_weights import project
 
@@ -70,7 +70,7 @@ def _conv(case, mode, algorithm=None, tasks=4):
     xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
     weight = kernel_weight(to_ell(enc), mode, ref.shape[0] * ref.shape[2] * ref.shape[3], algorithm)
-    ours = run_kernel(unified_conv2d(g, weight, layout, mode, algorithm=algorithm, tasks=tasks), x, weight, ref.shape)
+    ours = run_kernel(unified_conv2d(g, weight, layout, KernelOptions(mode, algorithm=algorithm, tasks=tasks)), x, weight, ref.shape)
     check(ours, ref, x, w, layout, mode, out_axis=1)
 
 
@@ -96,7 +96,7 @@ def test_dense_matches_pytorch(block, out_blocks, in_blocks, batch, sparsity, mo
     weight = kernel_weight(to_ell(verify(w, BlockSpec(*block)).encoded), mode, batch)
     x = rng.standard_normal((batch, inp)).astype(np.float32)
     ref = x @ w.T
-    ours = run_kernel(unified_dense(batch, inp, out, weight, mode), x, weight, ref.shape)
+    ours = run_kernel(unified_dense(batch, inp, out, weight, KernelOptions(mode)), x, weight, ref.shape)
     check(ours, ref, x, w, "tap", mode, out_axis=1)
 
 
@@ -104,7 +104,7 @@ def test_int8_with_given_activation_scale_clips():
     w = project(np.random.default_rng(5).standard_normal((8, 16)).astype(np.float32), (2, 4), 0.5)
     ell = to_ell(verify(w, BlockSpec(2, 4)).encoded)
     x = np.full((1, 16), 10.0, dtype=np.float32)  # beyond 127 * 0.01 = 1.27: clipped to 1.27
-    ours = run_kernel(unified_dense(1, 16, 8, ell, "int8", act_scale=0.01), x, ell, (1, 8))
+    ours = run_kernel(unified_dense(1, 16, 8, ell, KernelOptions("int8", act_scale=0.01)), x, ell, (1, 8))
     np.testing.assert_allclose(ours, np.full_like(x, 1.27) @ w.T, rtol=1e-5, atol=1e-6)
 
 

@@ -17,7 +17,7 @@ from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
 from tvm_unify.pipeline import build
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.kernels.unified_gemm import recipe_of
+from tvm_unify.kernels import recipe_of
 from tvm_unify.models import get_builtin
 from tvm_unify.frontend import layer_names
 from tvm_unify.passes import LowerUnifiedBlocks

@@ -1,10 +1,20 @@
-"""TIR generators for unified (block-sparse, sign + shared scale) weights."""
+"""TIR generators for unified (block-sparse, sign + shared scale) weights and their free blocks.
 
+``common`` (the op as a GEMM, gather, padding, lanes, sign helpers), ``epilogue`` (ops fused at the
+store), ``ell`` (the kernel-side weight forms), ``gemm`` (the shared kernel frame and its options),
+one module per algorithm (``lut``, ``direct``, ``gemv``, ``free_blocks``), ``unified`` (the entry
+points) and ``recipe`` (what a kernel is regenerated from).
+"""
+
+from .common import Conv2dGeometry, pick_lanes
 from .ell import EllWeight, LutWeight, to_ell, to_lut
+from .epilogue import AddTensor, Affine, Clip, Step, fold_epilogue
 from .free_blocks import FreeEll, free_conv2d, free_dense, to_free_ell
-from .unified_gemm import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, kernel_weight, pick_lanes,
-                           unified_conv2d, unified_dense)
+from .gemm import DEFAULT_LANES, DEFAULT_TASKS, MODES, KernelOptions
+from .recipe import RECIPE_ATTR, recipe_of
+from .unified import ALGORITHMS, default_algorithm, kernel_weight, regenerate, unified_conv2d, unified_dense
 
-__all__ = ["Conv2dGeometry", "DEFAULT_LANES", "DEFAULT_TASKS", "EllWeight", "FreeEll", "LutWeight", "MODES",
-           "free_conv2d", "free_dense", "kernel_weight", "pick_lanes", "to_ell", "to_free_ell", "to_lut",
-           "unified_conv2d", "unified_dense"]
+__all__ = ["ALGORITHMS", "AddTensor", "Affine", "Clip", "Conv2dGeometry", "DEFAULT_LANES", "DEFAULT_TASKS",
+           "EllWeight", "FreeEll", "KernelOptions", "LutWeight", "MODES", "RECIPE_ATTR", "Step", "default_algorithm",
+           "fold_epilogue", "free_conv2d", "free_dense", "kernel_weight", "pick_lanes", "recipe_of", "regenerate",
+           "to_ell", "to_free_ell", "to_lut", "unified_conv2d", "unified_dense"]

@@ -4,7 +4,7 @@ memory instead of one per op.
 
 Why our own fusion: the unified kernels are hand-scheduled and kept opaque to FuseOps
 (``passes/keep_scheduled_opaque.py``), and FuseTIR could only append the epilogue as a second loop nest over the
-output in memory. Instead the kernel is regenerated from its recipe (``kernels/unified_gemm.py``) with
+output in memory. Instead the kernel is regenerated from its recipe (``kernels/recipe.py``) with
 the epilogue applied in registers.
 
 Matched, inside one dataflow block: a ``call_tir`` to a unified kernel, then a chain of bindings each of
@@ -33,7 +33,7 @@ import tvm
 from tvm import relax
 from tvm.ir.transform import PassContext, module_pass
 
-from ..kernels.unified_gemm import AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
+from ..kernels import AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
 from .shapes import static_tensor_shape
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")

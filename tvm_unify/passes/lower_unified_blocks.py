@@ -26,7 +26,7 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d,
-                       free_dense, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
+                       free_dense, KernelOptions, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 from .shapes import static_tensor_shape
 
@@ -125,12 +125,13 @@ class LowerUnifiedBlocks:
                       x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, EllWeight | LutWeight]:
         """The unified blocks' kernel call, in the pass's mode, on the weight form its algorithm reads."""
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
+        options = KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks)
         if entry.op == "conv2d":
             weight = kernel_weight(to_ell(enc), self.mode, dims.pixels)
-            kernel = unified_conv2d(dims, weight, enc.spec.layout, self.mode, act_scale, self.lanes, tasks=self.tasks)
+            kernel = unified_conv2d(dims, weight, enc.spec.layout, options)
         else:
             weight = kernel_weight(to_ell(enc), self.mode, dims[0])
-            kernel = unified_dense(*dims, weight, self.mode, act_scale, self.lanes, tasks=self.tasks)
+            kernel = unified_dense(*dims, weight, options)
         gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
         return relax.call_tir(gvar, [x, *(relax.const(a) for a in weight.arrays)], ty), weight
 
