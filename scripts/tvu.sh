@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
 APT_PACKAGES=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu file
-    qemu-user debootstrap fakeroot gcc)  # emulated aarch64 device: qemu user mode, arm64 root, counting plugin
+    qemu-user debootstrap fakeroot gcc g++ opencl-headers ocl-icd-opencl-dev pocl-opencl-icd)  # aarch64 device, OpenCL
 
 install_apt() {
     local missing=()
