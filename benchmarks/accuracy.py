@@ -39,7 +39,7 @@ from tvm_unify.data import load_task  # noqa: E402
 from tvm_unify.models import get_builtin  # noqa: E402
 from tvm_unify.unify.export import unify_metadata  # noqa: E402
 from tvm_unify.unify.pipeline import Schedule, train_dense, train_unify  # noqa: E402
-from tvm_unify.unify.spec import UnifyConfig  # noqa: E402
+from tvm_unify.unify.spec import UnifyConfig, plan_layers  # noqa: E402
 
 HERE = Path(__file__).parent
 BLOCKS = [(1, 4), (4, 4), (1, 8)]
@@ -73,9 +73,9 @@ def method_setup(method: str, block: tuple[int, int], sparsity: float, budget: i
     return UnifyConfig(block=block, sparsity=sparsity, unified=unified), Schedule(0, 0, 0, budget, seed=seed)
 
 
-def storage_ratios(model: torch.nn.Module, layers) -> tuple[float, float]:
+def storage_ratios(model: torch.nn.Module, config: UnifyConfig) -> tuple[float, float]:
     """(constrained layers, whole model) fp32-dense bits over compressed bits, measured on the weights."""
-    records = unify_metadata(layers)["layers"]
+    records = unify_metadata(plan_layers(model, config))["layers"]
     stored = sum(r["storage_bits"] for r in records)
     dense = sum(r["dense_bits"] for r in records)
     model_dense = sum(32 * t.numel() for t in model.state_dict().values() if torch.is_floating_point(t))
@@ -88,18 +88,18 @@ def run_seed(budget: int, dense_epochs: int, seed: int) -> tuple[float, list[Res
     task = load_task("digits", builtin.input_shape)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    dense, dense_acc = train_dense(builtin.factory(), builtin.input_shape, dense_epochs, data=task,
-                                   schedule=Schedule(seed=seed), progress=False)
+    dense = builtin.factory()
+    dense_acc = train_dense(dense, dense_epochs, data=task, schedule=Schedule(seed=seed), progress=False)
     print(f"seed {seed}: dense {dense_acc:.4f} after {dense_epochs} epochs, {time.perf_counter() - start:.1f} s")
     combos = [("dense", (1, 1), 0.0)] + [(m, b, s) for b in BLOCKS for s in SPARSITIES for m in METHODS]
     results = []
     for method, block, sparsity in combos:
         config, schedule = method_setup(method, block, sparsity, budget, seed)
         start = time.perf_counter()
-        model, layers, rep = train_unify(copy.deepcopy(dense), builtin.input_shape, config, schedule, data=task,
-                                         **QUIET)
+        model = copy.deepcopy(dense)
+        rep = train_unify(model, config, schedule, data=task, **QUIET)
         results.append(Result(method, block, sparsity, seed, rep.final_accuracy, rep.projected_accuracy,
-                              *storage_ratios(model, layers), time.perf_counter() - start))
+                              *storage_ratios(model, config), time.perf_counter() - start))
         r = results[-1]
         print(f"  {method:12s} {block[0]}x{block[1]} sparsity {sparsity:.2f}: accuracy {r.accuracy:.4f} "
               f"(projected {r.projected_accuracy:.4f}) {r.layer_ratio:5.1f}x layers, {r.seconds:.1f} s", flush=True)

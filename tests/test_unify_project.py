@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tvm_unify.unify.project import (FREE, PRUNED, UNIFIED, assign_blocks, block_counts, classify_blocks,
                                      project_blocks, project_layer, project_weight)
 from tvm_unify.unify.spec import LayerSpec
-from tvm_unify.unify.tiling import from_blocks, to_blocks
+from tvm_unify.format import from_blocks, to_blocks
 
 SHAPES = [((8, 12), (2, 4)), ((8, 12, 3, 3), (1, 4)), ((16, 8, 3, 3), (4, 4)), ((4, 6, 1, 1), (2, 3)),
           ((8, 4, 5, 5), (8, 2))]

@@ -7,7 +7,7 @@ from torch import nn
 
 from tvm_unify.errors import UserError
 from tvm_unify.models import DigitsCNN, MobileNetV2
-from tvm_unify.unify.spec import UnifyConfig, parse_block, parse_layer_override, resolve_specs
+from tvm_unify.unify.spec import LayerSpec, UnifyConfig, parse_block, parse_layer_override, plan_layers, resolve_specs
 
 
 def _one_line(excinfo) -> str:
@@ -30,7 +30,7 @@ def test_filter_fn_overrides_and_layer_override_adds():
     model = DigitsCNN()
     only_last_conv = resolve_specs(model, UnifyConfig(), filter_fn=lambda m, name: name == "features.10")
     assert list(only_last_conv) == ["features.10"]
-    cfg = UnifyConfig(skip=("features.3",), layers={"classifier": {"block": "2x4", "sparsity": 0.5}})
+    cfg = UnifyConfig(skip=("features.3",), layers={"classifier": LayerSpec(block=(2, 4), sparsity=0.5)})
     chosen = resolve_specs(model, cfg)
     assert list(chosen) == ["features.7", "features.10", "classifier"]
     assert chosen["classifier"][1].block == (2, 4) and chosen["classifier"][1].sparsity == 0.5
@@ -61,7 +61,7 @@ def test_block_not_dividing_names_the_layer():
     assert len(resolve_specs(DigitsCNN(), UnifyConfig(block=(1, 6), layout="flat"))) == 3
 
 
-@pytest.mark.parametrize("cfg", [UnifyConfig(skip=("features.99",)), UnifyConfig(layers={"nope": {"sparsity": 0.5}})])
+@pytest.mark.parametrize("cfg", [UnifyConfig(skip=("features.99",)), UnifyConfig(layers={"nope": LayerSpec(sparsity=0.5)})])
 def test_unknown_layer(cfg):
     with pytest.raises(UserError) as excinfo:
         resolve_specs(DigitsCNN(), cfg)
@@ -78,4 +78,31 @@ def test_parsers():
         with pytest.raises(UserError):
             parse_layer_override(bad)
     with pytest.raises(UserError, match="unknown spec field"):
-        resolve_specs(DigitsCNN(), UnifyConfig(layers={"features.3": {"colour": "red"}}))
+        parse_layer_override("features.3:colour=red")
+    with pytest.raises(UserError, match="expected a LayerSpec"):
+        UnifyConfig(layers={"features.3": {"sparsity": 0.5}})
+
+
+class LeNet(nn.Module):
+    """LeNet-5's convs: conv2 has 6 input channels, which a 1x4 block does not divide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+
+def test_default_policy_keeps_a_layer_the_block_does_not_divide_dense_and_says_why():
+    plan = plan_layers(LeNet(), UnifyConfig(block=(1, 4)))
+    assert list(plan.constrained) == ["fc1", "fc2"]
+    assert list(plan.dense) == ["conv2"] and "does not divide" in plan.dense["conv2"]
+    assert "6 input channels" in plan.dense["conv2"]
+
+
+def test_a_block_asked_for_by_name_still_errors():
+    with pytest.raises(UserError) as excinfo:
+        plan_layers(LeNet(), UnifyConfig(layers={"conv2": LayerSpec(block=(1, 4))}))
+    assert "conv2" in _one_line(excinfo) and "does not divide" in str(excinfo.value)

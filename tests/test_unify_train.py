@@ -27,7 +27,8 @@ QUIET = {"progress": False, "log": lambda _: None}
 @pytest.fixture(scope="module")
 def dense_cnn():
     torch.manual_seed(0)
-    model, accuracy = train_dense(DigitsCNN(), (1, 1, 8, 8), 3, progress=False)
+    model = DigitsCNN()
+    accuracy = train_dense(model, 3, input_shape=(1, 1, 8, 8), progress=False)
     assert accuracy > 0.9
     assert len(classify_blocks(model.features[3].weight, (1, 4)).unique()) == 1  # really dense: all free
     return model
@@ -36,11 +37,12 @@ def dense_cnn():
 def test_admm_beats_one_shot_projection(dense_cnn):
     """A short ADMM run ends far above the same weights merely projected, and reports every round."""
     config = UnifyConfig(block=(4, 4), sparsity=0.9)
-    one_shot = train_unify(copy.deepcopy(dense_cnn), (1, 1, 8, 8), config,
-                           Schedule(dense_epochs=0, admm_rounds=0, finetune_epochs=0), **QUIET)[2]
-    model, layers, admm = train_unify(copy.deepcopy(dense_cnn), (1, 1, 8, 8), config,
-                                      Schedule(dense_epochs=0, admm_rounds=2, round_epochs=1, finetune_epochs=1),
-                                      **QUIET)
+    one_shot = train_unify(copy.deepcopy(dense_cnn), config, Schedule(dense_epochs=0, admm_rounds=0, finetune_epochs=0),
+                           input_shape=(1, 1, 8, 8), **QUIET)
+    model = copy.deepcopy(dense_cnn)
+    admm = train_unify(model, config, Schedule(dense_epochs=0, admm_rounds=2, round_epochs=1, finetune_epochs=1),
+                       input_shape=(1, 1, 8, 8), **QUIET)
+    layers = resolve_specs(model, config)
     assert admm.final_accuracy > one_shot.projected_accuracy + 0.2, (admm, one_shot)
     assert len(admm.rounds) == 2 and admm.rounds[1].rho == pytest.approx(admm.rounds[0].rho * 1.3)
     assert all(0 < r.residual.relative and 0 <= r.residual.satisfied <= 1 for r in admm.rounds)
@@ -91,12 +93,13 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     try:
         torch.manual_seed(100 + rank)  # different initial weights: DDP must make rank 0's win
-        model, layers, report = train_unify(
-            MLP(), (1, 64), UnifyConfig(block=(4, 4), sparsity=0.75),
+        model = MLP()
+        report = train_unify(
+            model, UnifyConfig(block=(4, 4), sparsity=0.75),
             Schedule(dense_epochs=1, admm_rounds=2, round_epochs=1, finetune_epochs=1),
-            runtime=Runtime.setup("cpu"), **QUIET)
+            input_shape=(1, 64), runtime=Runtime.setup("cpu"), **QUIET)
         assert Runtime.setup("cpu").world == world
-        torch.save({"state": model.state_dict(), "layers": list(layers), "accuracy": report.final_accuracy},
+        torch.save({"state": model.state_dict(), "layers": report.layers, "accuracy": report.final_accuracy},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

@@ -116,34 +116,72 @@ class Analysis:
 
 
 def matrix_shape(weight_shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(O, K)``: the matrix view of a linear ``(O, K)`` or conv2d ``(O, I, kh, kw)`` weight (K = I*kh*kw),
+    the same in both layouts (they differ only in the order of K)."""
     return (int(weight_shape[0]), int(np.prod(weight_shape[1:])))
 
 
-def to_matrix(weight: np.ndarray, layout: str) -> np.ndarray:
-    """The (O, K) matrix view of a linear or conv2d weight in ``layout``."""
-    if weight.ndim == 4 and layout == "tap":
-        weight = weight.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(weight.reshape(weight.shape[0], -1))
+def block_fits(weight_shape: tuple[int, ...], block: tuple[int, int], layout: str) -> str | None:
+    """Why ``block`` does not tile a weight of ``weight_shape`` in ``layout``, or None when it does.
+
+    ``tap`` blocks must not straddle kernel taps, so their columns must divide the input channels."""
+    o, k = matrix_shape(weight_shape)
+    rows, cols = block
+    if len(weight_shape) == 4 and layout == "tap" and weight_shape[1] % cols:
+        return f"{cols} cols do not divide its {weight_shape[1]} input channels"
+    if o % rows or k % cols:
+        return f"a {rows}x{cols} block does not tile its {o}x{k} matrix"
+    return None
 
 
-def from_matrix(matrix: np.ndarray, weight_shape: tuple[int, ...], layout: str) -> np.ndarray:
+# The tiling below works on numpy arrays and torch tensors alike (the unify side calls it with tensors,
+# the compiler side with arrays): both have ``reshape``; only the axis permutation is spelled differently.
+def _permute(array: Any, axes: tuple[int, ...]) -> Any:
+    return array.permute(axes) if hasattr(array, "permute") else array.transpose(axes)
+
+
+def _contiguous(array: Any) -> Any:
+    return array.contiguous() if hasattr(array, "contiguous") else np.ascontiguousarray(array)
+
+
+def to_matrix(weight: Any, layout: str) -> Any:
+    """The (O, K) matrix view of a linear or conv2d weight in ``layout`` (array or tensor, as given)."""
+    if len(weight.shape) == 4 and layout == "tap":
+        weight = _permute(weight, (0, 2, 3, 1))
+    return _contiguous(weight.reshape(weight.shape[0], -1))
+
+
+def from_matrix(matrix: Any, weight_shape: tuple[int, ...], layout: str) -> Any:
     """Inverse of ``to_matrix``."""
     if len(weight_shape) == 4 and layout == "tap":
         o, i, kh, kw = weight_shape
-        return np.ascontiguousarray(matrix.reshape(o, kh, kw, i).transpose(0, 3, 1, 2))
-    return matrix.reshape(weight_shape)
+        return _contiguous(_permute(matrix.reshape(o, kh, kw, i), (0, 3, 1, 2)))
+    return matrix.reshape(tuple(weight_shape))
 
 
-def _tiles(matrix: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(nbr, nbc, rows*cols) view of the matrix's blocks, each block row-major."""
-    o, k = matrix.shape
-    return matrix.reshape(o // rows, rows, k // cols, cols).transpose(0, 2, 1, 3).reshape(
+def tiles(matrix: Any, block: tuple[int, int]) -> Any:
+    """``(nbr, nbc, rows*cols)``: the matrix's blocks, block rows in order, each block row-major."""
+    (o, k), (rows, cols) = matrix.shape, block
+    return _permute(matrix.reshape(o // rows, rows, k // cols, cols), (0, 2, 1, 3)).reshape(
         o // rows, k // cols, rows * cols)
 
 
-def _untile(tiles: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    nbr, nbc, _ = tiles.shape
-    return tiles.reshape(nbr, nbc, rows, cols).transpose(0, 2, 1, 3).reshape(nbr * rows, nbc * cols)
+def untile(blocks: Any, block: tuple[int, int]) -> Any:
+    """Inverse of ``tiles``."""
+    (nbr, nbc, _), (rows, cols) = blocks.shape, block
+    return _permute(blocks.reshape(nbr, nbc, rows, cols), (0, 2, 1, 3)).reshape(nbr * rows, nbc * cols)
+
+
+def to_blocks(weight: Any, block: tuple[int, int], layout: str = "tap") -> Any:
+    """``(N, rows*cols)``: every block of ``weight`` in BSR order (see ``tiles``); a pure reshape/permute."""
+    return tiles(to_matrix(weight, layout), block).reshape(-1, block[0] * block[1])
+
+
+def from_blocks(blocks: Any, weight_shape: tuple[int, ...], block: tuple[int, int], layout: str = "tap") -> Any:
+    """Inverse of ``to_blocks``: the weight of ``weight_shape`` whose blocks are ``blocks``."""
+    o, k = matrix_shape(weight_shape)
+    grid = blocks.reshape(o // block[0], k // block[1], block[0] * block[1])
+    return from_matrix(untile(grid, block), weight_shape, layout)
 
 
 def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,15 +194,13 @@ def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def verify(weight: np.ndarray, spec: BlockSpec, rtol: float = DEFAULT_RTOL) -> Analysis:
     """Check every block of ``weight`` against ``spec`` and encode it, or say why it does not fit."""
     weight = np.asarray(weight, dtype=np.float32)
-    o, k = matrix_shape(weight.shape)
-    if o % spec.rows or k % spec.cols:
-        return Analysis(None, f"block {spec.describe()} does not tile the {o}x{k} weight matrix")
     if spec.layout not in LAYOUTS:
         return Analysis(None, f"unknown layout {spec.layout!r}")
-    if weight.ndim == 4 and spec.layout == "tap" and weight.shape[1] % spec.cols:
-        return Analysis(None, f"block {spec.describe()} does not tile the {weight.shape[1]} input channels")
-    tiles = _tiles(to_matrix(weight, spec.layout), spec.rows, spec.cols)
-    mags = np.abs(tiles)
+    misfit = block_fits(weight.shape, spec.shape, spec.layout)
+    if misfit:
+        return Analysis(None, f"block {spec.describe()}: {misfit}")
+    blocks = tiles(to_matrix(weight, spec.layout), spec.shape)
+    mags = np.abs(blocks)
     tol = rtol * max(float(mags.max(initial=0.0)), np.finfo(np.float32).tiny)
     hi, lo = mags.max(axis=2), mags.min(axis=2)
     pruned = hi <= tol
@@ -178,7 +214,7 @@ def verify(weight: np.ndarray, spec: BlockSpec, rtol: float = DEFAULT_RTOL) -> A
     if spec.sparsity is not None and abs(spec.sparsity - measured) > 0.01:
         return Analysis(None, f"spec claims sparsity {spec.sparsity:.3f} but {spec.describe()} blocks "
                               f"have {measured:.3f}")
-    return Analysis(_encode(tiles, unified, free, weight.shape, spec), "verified")
+    return Analysis(_encode(blocks, unified, free, weight.shape, spec), "verified")
 
 
 def _encode(tiles: np.ndarray, unified: np.ndarray, free: np.ndarray, weight_shape: tuple[int, ...],
@@ -198,12 +234,12 @@ def decode(enc: UnifiedWeight) -> np.ndarray:
     rows, cols = enc.spec.shape
     nbr, nbc = enc.grid
     n = rows * cols
-    tiles = np.zeros((nbr, nbc, n), dtype=np.float32)
+    grid = np.zeros((nbr, nbc, n), dtype=np.float32)
     block_rows = np.repeat(np.arange(nbr), np.diff(enc.indptr))
-    tiles[block_rows, enc.indices] = enc.block_signs().reshape(-1, n) * enc.scales[:, None]
+    grid[block_rows, enc.indices] = enc.block_signs().reshape(-1, n) * enc.scales[:, None]
     free_rows = np.repeat(np.arange(nbr), np.diff(enc.free_indptr))
-    tiles[free_rows, enc.free_indices] = enc.free_values.reshape(-1, n)
-    return from_matrix(_untile(tiles, rows, cols), enc.weight_shape, enc.spec.layout)
+    grid[free_rows, enc.free_indices] = enc.free_values.reshape(-1, n)
+    return from_matrix(untile(grid, (rows, cols)), enc.weight_shape, enc.spec.layout)
 
 
 def weight_fingerprint(weight: np.ndarray) -> str:
@@ -284,6 +320,6 @@ def specs_from_metadata(metadata: dict[str, Any]) -> dict[str, BlockSpec]:
     return specs
 
 
-__all__ = ["Analysis", "BlockSpec", "CANDIDATE_BLOCKS", "UnifiedWeight", "analyze", "decode",
-           "from_matrix", "spec_from_metadata", "specs_from_metadata", "to_matrix", "verify",
-           "weight_fingerprint"]
+__all__ = ["Analysis", "BlockSpec", "CANDIDATE_BLOCKS", "LAYOUTS", "UnifiedWeight", "analyze", "block_fits",
+           "decode", "from_blocks", "from_matrix", "matrix_shape", "spec_from_metadata", "specs_from_metadata",
+           "tiles", "to_blocks", "to_matrix", "untile", "verify", "weight_fingerprint"]

@@ -12,28 +12,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from .errors import UserError
+from ..errors import UserError
+from .task import Task
 
 DATASETS = ("digits", "digits-rgb")
 NUM_CLASSES = 10
 _TEST_FRACTION = 0.2
-
-
-@dataclass
-class Task:
-    """A classification data set: train and test splits (``(x, label)`` samples)."""
-
-    name: str
-    train: Dataset
-    test: Dataset
-    num_classes: int = NUM_CLASSES
 
 
 def default_dataset(input_shape: tuple[int, ...]) -> str:

@@ -8,7 +8,7 @@ The library, torchao style::
     model, layers, report = train_unify(model, (1, 1, 8, 8), UnifyConfig(block=(4, 4)))  # ADMM
     export_unified(model, "out.pt", (1, 1, 8, 8), layers)              # TorchScript + block spec
 
-Modules: ``spec`` (block spec, layer policy), ``tiling`` (block order), ``project`` (exact
+Modules: ``spec`` (block spec, layer policy), ``project`` (exact
 projection), ``admm`` (Z/U state), ``finetune`` (structure-exact fine-tuning), ``train`` (epochs,
 DDP), ``pipeline`` (the verbs), ``export`` (metadata schema), ``inspect`` (storage table),
 ``sources`` (MODEL argument), ``commands`` (CLI).
@@ -24,7 +24,7 @@ _EXPORTS = {
     "Schedule": "pipeline", "UnifyReport": "pipeline", "train_dense": "pipeline", "train_unify": "pipeline",
     "unify_": "pipeline", "unify_builtin": "pipeline",
     "classify_blocks": "project", "project_weight": "project",
-    "LayerSpec": "spec", "UnifyConfig": "spec", "parse_block": "spec",
+    "LayerPlan": "spec", "LayerSpec": "spec", "UnifyConfig": "spec", "parse_block": "spec", "plan_layers": "spec",
 }
 __all__ = sorted(_EXPORTS)
 

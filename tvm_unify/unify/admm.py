@@ -2,8 +2,9 @@
 
 Per constrained layer, with ``W`` the weight: the W-step trains on ``task_loss + rho/2 ||W - Z + U||^2``
 (``penalty``), the Z-step projects ``W + U`` exactly onto the constraint set, the U-step adds the
-primal residual ``W - Z`` to ``U`` (``update``). ``rho`` grows each round (``grow``) so that the
-weights are pulled ever closer to a structured point before the hard projection.
+primal residual ``W - Z`` to ``U`` (``update``). ``rho`` grows each round (``set_rho``, which keeps
+the unscaled multiplier) so that the weights are pulled ever closer to a structured point before the
+hard projection.
 
 Under ``torch.distributed`` the Z/U updates are computed on every rank and then broadcast from rank 0,
 so all ranks hold bit-identical ``Z``/``U`` even if a device's kernels were not deterministic.
@@ -17,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..format import to_blocks
 from .project import project_layer
 from .spec import Layer, LayerSpec
-from .tiling import to_blocks
 
 # A block counts as satisfied when its distance to Z is within 10% of the layer's RMS block norm.
 SATISFIED_TOL = 0.1
@@ -76,8 +77,12 @@ class ADMMState:
             sq_norm += float(w.square().sum())
         return ResidualStats(sq_res ** 0.5, (sq_res / max(sq_norm, 1e-30)) ** 0.5, satisfied / max(blocks, 1))
 
-    def grow(self, factor: float) -> None:
-        self.rho *= factor
+    def set_rho(self, rho: float) -> None:
+        """Change the penalty, rescaling the scaled dual ``U = lambda / rho`` so the multiplier ``lambda``
+        is kept: without it a growing ``rho`` would multiply the accumulated pull on the weights too."""
+        for u in self.u.values():
+            u.mul_(self.rho / rho)
+        self.rho = rho
 
 
 def _sync(tensors: dict[str, torch.Tensor]) -> None:

@@ -12,6 +12,8 @@ The spec travels in the TorchScript file's ``_extra_files["tvm_unify.json"]`` (`
       "dense_accuracy": 0.9917,             #   and of the dense network before unification
       "unify": {
         "format": 1,
+        "dense": {"conv2": "layer conv2 ...: block 1x4 does not divide it ..."},  # only if any: layers
+                                             # the policy picked but the block does not tile, kept dense
         "layers": [                          # constrained layers only, in module order
           {
             "name": "features.3",           # module path (nn.Module.named_modules)
@@ -42,7 +44,7 @@ still verify every block itself.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -50,7 +52,8 @@ from torch import nn
 from ..errors import UserError
 from ..torchscript import save_torchscript
 from .project import FREE, PRUNED, UNIFIED, classify_blocks
-from .spec import Layer, LayerSpec, matrix_shape
+from ..format import matrix_shape
+from .spec import FilterFn, Layer, LayerPlan, LayerSpec, UnifyConfig, plan_layers
 
 FORMAT_VERSION = 1
 SCALE_BITS = 32
@@ -62,13 +65,14 @@ def storage_bits(counts: dict[str, int], spec: LayerSpec, weight_shape: tuple[in
 
     A unified block costs one fp32 scale plus one sign bit per weight (``32 + n``), a free block
     ``32n``, a pruned block nothing; every stored block also costs its column index (16 bits, 32 if
-    the matrix has more than 65,536 block columns), and every block row one 32-bit row pointer.
+    the matrix has more than 65,536 block columns), and every block row of the ``(O, K)`` matrix view
+    (``format.matrix_shape``) one 32-bit row pointer.
     """
-    taps, rows, cols = matrix_shape(tuple(weight_shape), spec.layout)
+    rows, cols = matrix_shape(tuple(weight_shape))
     n = spec.block_size
     index_bits = 16 if cols // spec.block[1] <= 1 << 16 else 32
     payload = counts["unified"] * (SCALE_BITS + n) + counts["free"] * SCALE_BITS * n
-    index = (counts["unified"] + counts["free"]) * index_bits + (taps * rows // spec.block[0] + 1) * POINTER_BITS
+    index = (counts["unified"] + counts["free"]) * index_bits + (rows // spec.block[0] + 1) * POINTER_BITS
     return payload + index
 
 
@@ -104,23 +108,37 @@ def layer_record(layer: Layer, spec: LayerSpec) -> dict[str, Any]:
     }
 
 
-def unify_metadata(layers: dict[str, tuple[Layer, LayerSpec]]) -> dict[str, Any]:
-    """The ``"unify"`` metadata value for the constrained ``layers`` of a model."""
-    return {"format": FORMAT_VERSION, "layers": [layer_record(layer, spec) for layer, spec in layers.values()]}
+def unify_metadata(plan: LayerPlan) -> dict[str, Any]:
+    """The ``"unify"`` metadata value: a record per constrained layer, and why any other stayed dense."""
+    meta: dict[str, Any] = {"format": FORMAT_VERSION,
+                            "layers": [layer_record(layer, spec) for layer, spec in plan.constrained.values()]}
+    if plan.dense:
+        meta["dense"] = dict(plan.dense)
+    return meta
 
 
 def export_unified(
     model: nn.Module,
     path: str | os.PathLike,
-    input_shape: tuple[int, ...],
-    layers: dict[str, tuple[Layer, LayerSpec]],
+    config: UnifyConfig = UnifyConfig(),
+    *,
+    input_shape: Sequence[int] | None = None,
     metadata: dict[str, Any] | None = None,
+    filter_fn: FilterFn | None = None,
 ) -> dict[str, Any]:
-    """Save ``model`` (on CPU, eval mode) as TorchScript with the unify spec; returns the metadata."""
+    """Save ``model`` (moved to CPU, eval mode) as TorchScript with the unify spec; returns the metadata.
+
+    The constrained layers are those ``config`` (and ``filter_fn``) select on ``model``, and every count
+    recorded is measured on its weights. ``input_shape`` (batch 1, for tracing) defaults to the model's
+    ``input_shape`` attribute.
+    """
+    shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
+    if not shape:
+        raise UserError("input_shape is needed to trace the model for export")
     meta = dict(metadata or {})
-    meta["unify"] = unify_metadata(layers)
+    meta["unify"] = unify_metadata(plan_layers(model, config, filter_fn))
     model = model.cpu().eval()
-    save_torchscript(model, path, tuple(input_shape), meta)
+    save_torchscript(model, path, shape, meta)
     return meta
 
 

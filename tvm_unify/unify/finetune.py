@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..format import from_blocks, to_blocks
 from .project import FREE, UNIFIED, block_magnitudes, project_layer, unify_signs
 from .spec import Layer, LayerSpec
-from .tiling import from_blocks, to_blocks
 
 
 class UnifiedBlocks(nn.Module):

@@ -7,7 +7,7 @@ layer whose weights disagree with its recorded spec is flagged.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,7 @@ class ModelSummary:
     rows: list[LayerRow]
     model_bits: int
     model_dense_bits: int
+    dense: dict[str, str] = field(default_factory=dict)  # layers the policy left dense, and why
 
     @property
     def constrained_bits(self) -> int:
@@ -59,7 +60,8 @@ def summarize(path: str | os.PathLike) -> ModelSummary:
                              32 * weight.numel(), counts == rec["blocks"]))
     dense = sum(32 * t.numel() for t in state.values() if torch.is_floating_point(t))
     constrained_dense = sum(r.dense_bits for r in rows)
-    return ModelSummary(rows, dense - constrained_dense + sum(r.storage_bits for r in rows), dense)
+    return ModelSummary(rows, dense - constrained_dense + sum(r.storage_bits for r in rows), dense,
+                        dict(metadata["unify"].get("dense", {})))
 
 
 def format_summary(summary: ModelSummary) -> str:
@@ -76,6 +78,7 @@ def format_summary(summary: ModelSummary) -> str:
             f"{r.storage_bits / (r.dense_bits / 32):6.2f} {_kib(r.storage_bits):8.1f} {_kib(r.dense_bits):9.1f} "
             f"{r.dense_bits / r.storage_bits:5.1f}x{flag}"
         )
+    lines.extend(f"kept dense: {reason}" for reason in summary.dense.values())
     lines.append(
         f"constrained layers: {_kib(summary.constrained_bits):.1f} KiB vs {_kib(summary.constrained_dense_bits):.1f} "
         f"KiB fp32 dense ({summary.constrained_dense_bits / summary.constrained_bits:.1f}x smaller)"

@@ -1,10 +1,11 @@
 """The unification verbs: ``unify_`` (one-shot projection, no data), ``train_unify`` (ADMM + fine-tune),
 ``train_dense`` (the plain starting point) and ``unify_builtin`` (train, unify and export a built-in).
 
-``train_unify`` runs up to four phases on a built-in data set: dense training (for a fresh model),
-ADMM rounds (W-step epochs, Z/U updates, ``rho`` growing), the hard projection, and masked fine-tuning
-with the structure frozen. With ``admm_rounds=0`` it is the "one-shot projection + fine-tune" baseline;
-with ``UnifyConfig(unified=0)`` it is magnitude block pruning without unification.
+``train_unify`` runs up to four phases: dense training (for a fresh model), ADMM rounds (W-step epochs,
+Z/U updates, ``rho`` growing), the hard projection, and masked fine-tuning with the structure frozen.
+With ``admm_rounds=0`` it is the "one-shot projection + fine-tune" baseline; with
+``UnifyConfig(unified=0)`` it is magnitude block pruning without unification. Models are changed in
+place, torchao style; the report says what was measured.
 """
 
 from __future__ import annotations
@@ -12,25 +13,33 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data import Task, default_dataset, load_task
+from ..data import DATASETS, DataOptions, LossFn, MetricFn, Task, default_dataset, load_task, load_user_data
 from ..errors import UserError
 from .admm import ADMMState, ResidualStats
 from .finetune import freeze_structure_, release_structure_
 from .project import project_layer
-from .spec import FilterFn, Layer, LayerSpec, UnifyConfig, resolve_specs
+from .spec import FilterFn, Layer, LayerPlan, LayerSpec, UnifyConfig, plan_layers
 from .train import Runtime, Trainer, sync_buffers
 
 Log = Callable[[str], None]
+DataSource = str | Task | None
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Epoch budget per phase and the optimizer/ADMM settings."""
+    """Epoch budget per phase, the optimizer settings and the ADMM penalty schedule.
+
+    The W-step optimizer and ``rho`` schedule are chosen so that the weights reach the constraint set
+    before the hard projection (docs/compression.md has the measurements): SGD with momentum, whose
+    step is proportional to the penalty's pull (Adam's per-weight normalization makes a weak penalty
+    move weights as fast as the loss does, and a strong one no faster), and ``rho`` growing
+    geometrically from ``rho`` to ``rho_max``.
+    """
 
     dense_epochs: int = 8
     admm_rounds: int = 4
@@ -38,7 +47,10 @@ class Schedule:
     finetune_epochs: int = 4
     rho: float = 1e-2
     rho_growth: float = 1.3
+    rho_max: float = 1.0
     lr: float = 2e-3
+    admm_lr: float = 2e-3
+    admm_optimizer: str = "adam"
     batch_size: int = 64
     seed: int = 0
 
@@ -46,14 +58,16 @@ class Schedule:
         counts = (self.dense_epochs, self.admm_rounds, self.round_epochs, self.finetune_epochs)
         if min(counts) < 0:
             raise UserError("epoch and round counts must be >= 0")
-        if self.rho <= 0 or self.rho_growth < 1 or self.lr <= 0 or self.batch_size <= 0:
-            raise UserError("rho, lr and batch size must be > 0 and rho growth >= 1")
+        if min(self.rho, self.rho_max, self.lr, self.admm_lr, self.batch_size) <= 0 or self.rho_growth < 1:
+            raise UserError("rho, rho_max, lr, admm_lr and batch_size must be > 0 and rho_growth >= 1")
+        if self.admm_optimizer not in ("sgd", "adam"):
+            raise UserError(f"admm_optimizer must be sgd or adam, not {self.admm_optimizer!r}")
 
     @classmethod
     def from_epochs(cls, epochs: int, pretrained: bool = False, **overrides: object) -> "Schedule":
         """Split a total epoch budget: 40% dense (fresh models only), then 2/3 ADMM and 1/3 fine-tune."""
         if epochs < 2:
-            raise UserError(f"--epochs must be at least 2 (got {epochs})")
+            raise UserError(f"epochs must be at least 2 (got {epochs})")
         dense = 0 if pretrained else round(0.4 * epochs)
         rest = epochs - dense
         finetune = max(1, rest // 3)
@@ -65,10 +79,14 @@ class Schedule:
     def total_epochs(self) -> int:
         return self.dense_epochs + self.admm_rounds * self.round_epochs + self.finetune_epochs
 
+    def rho_at(self, round_index: int) -> float:
+        """The penalty of ADMM round ``round_index`` (0-based): geometric growth, capped."""
+        return min(self.rho * self.rho_growth ** round_index, self.rho_max)
+
 
 @dataclass
 class RoundReport:
-    """One ADMM round: task loss, test accuracy, primal residual and satisfied blocks."""
+    """One ADMM round: task loss, held-out metric, primal residual and satisfied blocks."""
 
     round: int
     rho: float
@@ -79,9 +97,12 @@ class RoundReport:
 
 @dataclass
 class UnifyReport:
-    """What a run measured: accuracies per phase, ADMM rounds, time."""
+    """What a run measured: the metric (top-1 accuracy by default) per phase, ADMM rounds, time, and
+    which layers were constrained or left dense (and why)."""
 
     data: str
+    layers: list[str] = field(default_factory=list)
+    dense_layers: dict[str, str] = field(default_factory=dict)
     dense_accuracy: float | None = None
     projected_accuracy: float | None = None
     final_accuracy: float | None = None
@@ -90,65 +111,74 @@ class UnifyReport:
     schedule: Schedule | None = None
 
 
-def unify_(
-    model: nn.Module, config: UnifyConfig = UnifyConfig(), filter_fn: FilterFn | None = None
-) -> dict[str, tuple[Layer, LayerSpec]]:
+def unify_(model: nn.Module, config: UnifyConfig = UnifyConfig(), filter_fn: FilterFn | None = None) -> nn.Module:
     """One-shot unification in place: project every selected layer's weight; no data needed.
 
-    Works on any ``nn.Module`` and on (traced) ``ScriptModule``s; returns the layers it constrained.
+    Works on any ``nn.Module`` and on (traced) ``ScriptModule``s; returns ``model``.
     """
-    layers = _constrained_layers(model, config, filter_fn)
     with torch.no_grad():
-        for layer, spec in layers.values():
+        for layer, spec in constrained_layers(model, config, filter_fn).constrained.values():
             layer.weight.copy_(project_layer(layer.weight, spec)[0])
-    return layers
+    return model
 
 
 def train_dense(
     model: nn.Module,
-    input_shape: tuple[int, ...],
     epochs: int,
     *,
-    data: str | Task | None = None,
+    data: DataSource = None,
+    input_shape: Sequence[int] | None = None,
     schedule: Schedule = Schedule(),
     runtime: Runtime | None = None,
     progress: bool = True,
-) -> tuple[nn.Module, float]:
-    """Plain training (no constraint) for ``epochs``; returns the model and its test accuracy.
+) -> float:
+    """Plain training (no constraint) of ``model`` in place for ``epochs``; returns the held-out metric.
 
     The common starting point when comparing unification methods from one dense network.
     """
-    trainer = _trainer(model, input_shape, data, schedule, runtime, epochs, progress)
-    model = model.to(trainer.runtime.device)
+    trainer = _trainer(model, data, input_shape, None, schedule, runtime, epochs, progress)
     accuracy = _dense_phase(trainer, model, epochs, schedule.lr)
     trainer.close()
-    return model, accuracy
+    return accuracy
 
 
 def train_unify(
     model: nn.Module,
-    input_shape: tuple[int, ...],
     config: UnifyConfig = UnifyConfig(),
     schedule: Schedule = Schedule(),
     *,
-    data: str | Task | None = None,
+    data: DataSource = None,
+    input_shape: Sequence[int] | None = None,
+    data_options: DataOptions | None = None,
+    loss_fn: LossFn | None = None,
+    metric: MetricFn | None = None,
     filter_fn: FilterFn | None = None,
     runtime: Runtime | None = None,
     progress: bool = True,
     log: Log = print,
-) -> tuple[nn.Module, dict[str, tuple[Layer, LayerSpec]], UnifyReport]:
-    """Train ``model`` into the unified structure; returns the (plain, exactly structured) model, its
-    constrained layers and a report. Runs unchanged in one process or under torchrun."""
-    trainer = _trainer(model, input_shape, data, schedule, runtime, schedule.total_epochs, progress)
+) -> UnifyReport:
+    """Train ``model`` in place into the unified structure (dense, ADMM, hard projection, fine-tune).
+
+    ``data`` is a built-in name, a folder, an ``.npz`` file, ``module:factory`` or a ``Task`` (default:
+    the built-in set that fits ``input_shape``). ``loss_fn(output, target)`` and ``metric(output, target)``
+    (per-sample scores, higher is better) default to the task's own, else cross-entropy and top-1.
+    The model ends as plain parameters whose blocks are exactly pruned or unified. Runs unchanged in
+    one process or under torchrun.
+    """
+    trainer = _trainer(model, data, input_shape, data_options, schedule, runtime, schedule.total_epochs, progress)
+    trainer.loss_fn = loss_fn or trainer.loss_fn
+    trainer.metric = metric or trainer.metric
     runtime = trainer.runtime
-    model = model.to(runtime.device)
-    layers = _constrained_layers(model, config, filter_fn)
-    report = UnifyReport(trainer.task.name, schedule=schedule)
+    plan = constrained_layers(model, config, filter_fn)
+    layers = plan.constrained
+    report = UnifyReport(trainer.task.name, list(layers), plan.dense, schedule=schedule)
     start = time.perf_counter()
     say = log if runtime.main else (lambda _: None)
+    for reason in plan.dense.values():
+        say(f"kept dense: {reason}")
 
     report.dense_accuracy = _dense_phase(trainer, model, schedule.dense_epochs, schedule.lr)
-    say(f"dense: accuracy {report.dense_accuracy:.4f} on {trainer.task.name} test")
+    say(f"dense: accuracy {report.dense_accuracy:.4f} on {trainer.task.name} held-out split")
     if schedule.admm_rounds:
         report.rounds = _admm_phase(trainer, model, layers, schedule, say)
 
@@ -163,33 +193,54 @@ def train_unify(
     trainer.close()
     release_structure_(model)
     sync_buffers(model, runtime)
-    layers = resolve_specs(model, config, filter_fn)  # the plain weights replaced the parametrized ones
     report.final_accuracy = trainer.accuracy(model)
     report.seconds = time.perf_counter() - start
     say(f"fine-tuned: accuracy {report.final_accuracy:.4f} (dense {report.dense_accuracy:.4f}); "
         f"{report.seconds:.1f} s")
-    return model, layers, report
+    return report
 
 
-def _constrained_layers(
-    model: nn.Module, config: UnifyConfig, filter_fn: FilterFn | None
-) -> dict[str, tuple[Layer, LayerSpec]]:
-    layers = resolve_specs(model, config, filter_fn)
-    if not layers:
+def constrained_layers(model: nn.Module, config: UnifyConfig, filter_fn: FilterFn | None) -> LayerPlan:
+    """The config's plan for ``model``; an error if it constrains nothing."""
+    plan = plan_layers(model, config, filter_fn)
+    if not plan.constrained:
         raise UserError("no layer to unify: every conv2d/linear layer is skipped by the policy")
-    return layers
+    return plan
 
 
-def _trainer(model, input_shape, data, schedule: Schedule, runtime, epochs: int, progress: bool) -> Trainer:
+def _trainer(model: nn.Module, data: DataSource, input_shape: Sequence[int] | None, options: DataOptions | None,
+             schedule: Schedule, runtime: Runtime | None, epochs: int, progress: bool) -> Trainer:
     runtime = runtime or Runtime.setup()
-    task = data if isinstance(data, Task) else load_task(data or default_dataset(input_shape), input_shape,
-                                                           seed=schedule.seed)
+    model.to(runtime.device)
+    task = data if isinstance(data, Task) else load_data(model, data, input_shape, options or DataOptions(seed=schedule.seed))
     torch.manual_seed(schedule.seed)
     return Trainer(task, runtime, schedule.batch_size, schedule.seed, epochs, progress)
 
 
+def load_data(model: nn.Module, data: str | None, input_shape: Sequence[int] | None, options: DataOptions) -> Task:
+    """The ``Task`` that ``data`` names, for ``model`` (whose batch-1 input shape is ``input_shape``, or
+    the model's ``input_shape`` attribute)."""
+    shape = tuple(input_shape or getattr(model, "input_shape", None) or ())
+    if data is None or data in DATASETS:
+        if not shape:
+            raise UserError("input_shape is needed to pick and shape the built-in data")
+        return load_task(data or default_dataset(shape), shape, seed=options.seed)
+    return load_user_data(data, shape, options, num_outputs=_num_outputs(model, shape) if shape else None)
+
+
+@torch.no_grad()
+def _num_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The width of the model's output for one sample: the bound on class labels."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    width = int(model(torch.zeros(input_shape, device=device)).shape[-1])
+    model.train(was_training)
+    return width
+
+
 def _dense_phase(trainer: Trainer, model: nn.Module, epochs: int, lr: float) -> float:
-    """Unconstrained epochs; returns the test accuracy after them."""
+    """Unconstrained epochs; returns the held-out metric after them."""
     wrapped = trainer.runtime.wrap(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
@@ -197,15 +248,22 @@ def _dense_phase(trainer: Trainer, model: nn.Module, epochs: int, lr: float) -> 
     return trainer.accuracy(model)
 
 
+def _w_step_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    if schedule.admm_optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=schedule.admm_lr, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=schedule.admm_lr)
+
+
 def _admm_phase(
     trainer: Trainer, model: nn.Module, layers: dict[str, tuple[Layer, LayerSpec]], schedule: Schedule, say: Log
 ) -> list[RoundReport]:
     """ADMM rounds: W-step epochs on the penalized loss, then the Z/U updates; one report per round."""
     wrapped = trainer.runtime.wrap(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=schedule.lr)
+    optimizer = _w_step_optimizer(model, schedule)
     admm = ADMMState(model, layers, schedule.rho)
     rounds = []
     for index in range(schedule.admm_rounds):
+        admm.set_rho(schedule.rho_at(index))
         losses = [trainer.epoch(wrapped, optimizer, admm.penalty) for _ in range(schedule.round_epochs)]
         stats = admm.update()
         accuracy = trainer.accuracy(model, recalibrate=True)
@@ -213,7 +271,6 @@ def _admm_phase(
         say(f"round {index + 1}/{schedule.admm_rounds}: rho {admm.rho:.2e} task loss {losses[-1]:.4f} "
             f"accuracy {accuracy:.4f} ||W-Z|| {stats.residual:.4f} (rel {stats.relative:.3f}) "
             f"blocks satisfied {stats.satisfied:.1%}")
-        admm.grow(schedule.rho_growth)
     return rounds
 
 
@@ -237,13 +294,13 @@ def unify_builtin(
     builtin = get_builtin(name)
     runtime = Runtime.setup()
     torch.manual_seed(seed)
-    model, layers, report = train_unify(builtin.factory(), builtin.input_shape, config,
-                                        Schedule.from_epochs(epochs, seed=seed),
-                                        runtime=runtime, progress=progress, log=log)
+    model = builtin.factory()
+    report = train_unify(model, config, Schedule.from_epochs(epochs, seed=seed), input_shape=builtin.input_shape,
+                         runtime=runtime, progress=progress, log=log)
     metadata: dict[str, object] = {"model": name}
     if runtime.main:
-        metadata = export_unified(model, output, builtin.input_shape, layers,
-                                  {"model": name, **accuracy_metadata(report)})
+        metadata = export_unified(model, output, config, input_shape=builtin.input_shape,
+                                  metadata={"model": name, **accuracy_metadata(report)})
     return report, metadata
 
 

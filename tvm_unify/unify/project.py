@@ -25,8 +25,8 @@ import math
 import numpy as np
 import torch
 
+from ..format import from_blocks, to_blocks
 from .spec import LayerSpec
-from .tiling import from_blocks, to_blocks
 
 PRUNED, UNIFIED, FREE = 0, 1, 2
 

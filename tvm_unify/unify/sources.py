@@ -1,14 +1,12 @@
 """Where the model to unify comes from: a TorchScript file, a built-in name, or ``module.path:Factory``.
 
 A user factory is imported from the working directory (as ``python -c`` would), called with no
-arguments and must return an ``nn.Module``; an optional state dict (``--weights``) loads into it.
+arguments and must return an ``nn.Module``; an optional state dict (``weights``) loads into it.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.user import call_factory
 from ..errors import UserError
 from ..models import BUILTIN_MODELS, get_builtin
 from ..torchscript import load_torchscript
@@ -39,11 +38,11 @@ def load_source(
     """Resolve the MODEL argument of ``tvm-unify unify`` (see the module docstring)."""
     if Path(spec).is_file():
         if weights:
-            raise UserError("--weights applies to built-in and module:Factory models, not TorchScript files")
+            raise UserError("weights apply to built-in and module:Factory models, not TorchScript files")
         module, metadata = load_torchscript(spec)
         shape = input_shape or tuple(metadata.get("input_shape") or ())
         if not shape:
-            raise UserError(f"{spec} records no input shape: pass --input-shape")
+            raise UserError(f"{spec} records no input shape: give the input shape")
         metadata = {k: v for k, v in metadata.items() if k not in ("unify", "input_shape")}
         metadata.setdefault("model", Path(spec).name)
         return ModelSource(module, tuple(shape), metadata["model"], scripted=True, trained=True, metadata=metadata)
@@ -54,7 +53,7 @@ def load_source(
         model = _call_factory(spec)
         shape = input_shape or getattr(model, "input_shape", None)
         if not shape:
-            raise UserError(f"{spec}: pass --input-shape (or give the model an `input_shape` attribute)")
+            raise UserError(f"{spec}: give the input shape (or the model an `input_shape` attribute)")
         source = ModelSource(model, tuple(shape), spec)
     else:
         raise UserError(f"unknown model {spec!r}: not a file, a built-in ({', '.join(BUILTIN_MODELS)}) "
@@ -67,17 +66,7 @@ def load_source(
 
 
 def _call_factory(spec: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise UserError(f"cannot import {module_name!r} from {os.getcwd()}: {err}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UserError(f"{module_name} has no callable {attr!r}")
-    model = factory()
+    model = call_factory(spec)
     if not isinstance(model, nn.Module):
         raise UserError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model

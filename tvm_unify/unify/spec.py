@@ -13,8 +13,10 @@ A *block* is a ``rows x cols`` tile of a weight viewed as a matrix over (out cha
 Policy (``UnifyConfig`` defaults): the first weight layer (it sees the raw input) and the last one (the
 classifier) stay dense, depthwise convs (one input channel per group: nothing to block over) are
 skipped, and grouped convs are unified within each group (block rows must divide ``out/groups``).
-A block that does not divide its layer is an error, never silent padding: padding would change the
-weight shape the compiler sees, and a one-line message naming the layer is easier to act on.
+A block never gets padded (that would change the weight shape the compiler sees). A layer the default
+policy picked but the block does not tile stays dense, and the plan says why (LeNet's 6-channel conv2
+with 1x4 blocks, say); a layer asked for by name in ``layers`` that the block does not tile is an error,
+as is a policy that finds no layer the block tiles.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-
-LAYOUTS = ("tap", "flat")
+from ..format import LAYOUTS, block_fits
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -41,6 +42,9 @@ def parse_block(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+SPEC_FIELDS = ("block", "sparsity", "unified", "layout")
+
+
 def parse_layer_override(text: str) -> tuple[str, dict[str, object]]:
     """Parse ``NAME:block=4x4,sparsity=0.5`` (a ``--layer`` option) into ``(NAME, {field: value})``."""
     name, sep, body = text.partition(":")
@@ -48,6 +52,8 @@ def parse_layer_override(text: str) -> tuple[str, dict[str, object]]:
     for item in body.split(",") if sep else []:
         key, eq, value = item.partition("=")
         key = key.strip()
+        if eq and key not in SPEC_FIELDS:
+            raise UserError(f"bad layer spec {text!r}: unknown spec field {key!r} (use {', '.join(SPEC_FIELDS)})")
         if not eq or not value.strip():
             raise UserError(f"bad layer spec {text!r}: expected NAME:key=value[,key=value] "
                             "with keys block, sparsity, unified, layout")
@@ -95,26 +101,28 @@ class LayerSpec:
 class UnifyConfig(LayerSpec):
     """Model-wide spec: the default ``LayerSpec`` plus the layer policy and per-layer overrides.
 
-    ``layers`` maps a module path (``layers.0.conv1``) to a dict of ``LayerSpec`` fields overriding the
-    defaults for that layer (naming a layer there also constrains it if the policy would skip it);
-    ``skip`` lists module paths kept dense; ``dense_first_last`` keeps the first and last weight layers
-    dense.
+    ``layers`` maps a module path (``layers.0.conv1``) to the ``LayerSpec`` for that layer (naming a
+    layer there also constrains it if the policy would skip it); ``skip`` lists module paths kept dense;
+    ``dense_first_last`` keeps the first and last weight layers dense.
     """
 
     skip: tuple[str, ...] = ()
-    layers: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    layers: Mapping[str, LayerSpec] = field(default_factory=dict)
     dense_first_last: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, spec in self.layers.items():
+            if not isinstance(spec, LayerSpec):
+                raise UserError(f"layer {name}: expected a LayerSpec, got {type(spec).__name__}")
+
+    @property
+    def default(self) -> LayerSpec:
+        """The spec of every layer without an override."""
+        return LayerSpec(self.block, self.sparsity, self.unified, self.layout)
+
     def layer_spec(self, name: str) -> LayerSpec:
-        base = LayerSpec(self.block, self.sparsity, self.unified, self.layout)
-        override = dict(self.layers.get(name, {}))
-        if "block" in override and isinstance(override["block"], str):
-            override["block"] = parse_block(override["block"])
-        unknown = set(override) - {"block", "sparsity", "unified", "layout"}
-        if unknown:
-            raise UserError(f"layer {name}: unknown spec field(s) {', '.join(sorted(unknown))} "
-                            "(use block, sparsity, unified, layout)")
-        return replace(base, **override)
+        return self.layers.get(name, self.default)
 
 
 @dataclass(frozen=True)
@@ -152,10 +160,17 @@ def _layer_kind(module: nn.Module) -> str | None:
     return None
 
 
-def resolve_specs(
-    model: nn.Module, config: UnifyConfig, filter_fn: FilterFn | None = None
-) -> dict[str, tuple[Layer, LayerSpec]]:
-    """The layers to constrain (module path -> layer, spec), validated against their weight shapes.
+@dataclass
+class LayerPlan:
+    """What a config does to a model: the layers it constrains, and the ones left dense that it could
+    not constrain (module path -> why)."""
+
+    constrained: dict[str, tuple[Layer, LayerSpec]]
+    dense: dict[str, str] = field(default_factory=dict)
+
+
+def plan_layers(model: nn.Module, config: UnifyConfig, filter_fn: FilterFn | None = None) -> LayerPlan:
+    """The layers to constrain, validated against their weight shapes (see the module docstring).
 
     ``filter_fn(module, name)``, as in torchao, replaces the default policy (first/last dense,
     depthwise skipped); the skip list and per-layer overrides apply either way.
@@ -167,7 +182,7 @@ def resolve_specs(
             known = ", ".join(by_name) or "none"
             raise UserError(f"unknown layer {name!r} (conv2d/linear layers of this model: {known})")
     modules = dict(model.named_modules())
-    chosen = {}
+    plan = LayerPlan({})
     for index, layer in enumerate(layers):
         if layer.name in config.skip:
             continue
@@ -176,34 +191,36 @@ def resolve_specs(
         else:
             edge = config.dense_first_last and index in (0, len(layers) - 1)
             wanted = not edge and not layer.depthwise
-        if wanted or layer.name in config.layers:
-            spec = config.layer_spec(layer.name)
-            check_fits(layer, spec)
-            chosen[layer.name] = (layer, spec)
-    return chosen
+        if not (wanted or layer.name in config.layers):
+            continue
+        spec = config.layer_spec(layer.name)
+        misfit = misfit_reason(layer, spec)
+        if misfit and layer.name in config.layers:
+            raise UserError(misfit)
+        if misfit:
+            plan.dense[layer.name] = misfit
+        else:
+            plan.constrained[layer.name] = (layer, spec)
+    if plan.dense and not plan.constrained:
+        raise UserError(f"no layer fits the block: {'; '.join(plan.dense.values())}")
+    return plan
 
 
-def matrix_shape(weight_shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
-    """``(taps, rows, cols)``: the weight as ``taps`` matrices of ``rows x cols`` that blocks tile."""
-    out, cols = weight_shape[0], weight_shape[1]
-    taps = 1
-    for k in weight_shape[2:]:
-        taps *= k
-    if layout == "flat":
-        return 1, out, cols * taps
-    return taps, out, cols
+def resolve_specs(
+    model: nn.Module, config: UnifyConfig, filter_fn: FilterFn | None = None
+) -> dict[str, tuple[Layer, LayerSpec]]:
+    """The constrained layers of ``plan_layers`` (module path -> layer, spec)."""
+    return plan_layers(model, config, filter_fn).constrained
 
 
-def check_fits(layer: Layer, spec: LayerSpec) -> None:
-    """Fail with one line if the block does not tile the layer (per group for grouped convs)."""
-    taps, rows, cols = matrix_shape(tuple(layer.weight.shape), spec.layout)
-    group_rows = rows // max(layer.groups, 1)
+def misfit_reason(layer: Layer, spec: LayerSpec) -> str | None:
+    """One line saying why the block does not tile the layer (per group for grouped convs), or None."""
+    shape = tuple(layer.weight.shape)
     bo, bi = spec.block
-    if group_rows % bo or cols % bi:
-        shape = "x".join(map(str, layer.weight.shape))
-        what = f"{group_rows} out channels per group" if layer.groups > 1 else f"{rows} rows"
-        raise UserError(
-            f"layer {layer.name} ({layer.kind} {shape}): block {bo}x{bi} does not divide its "
-            f"{what} x {cols} cols ({spec.layout} layout); pick another block, try --layout flat, "
-            f"or --skip {layer.name}"
-        )
+    misfit = block_fits(shape, spec.block, spec.layout)
+    if misfit is None and layer.groups > 1 and (shape[0] // layer.groups) % bo:
+        misfit = f"{bo} rows do not divide its {shape[0] // layer.groups} out channels per group"
+    if misfit is None:
+        return None
+    return (f"layer {layer.name} ({layer.kind} {'x'.join(map(str, shape))}): block {bo}x{bi} does not divide "
+            f"it in the {spec.layout} layout ({misfit})")

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 from tqdm import tqdm
 
-from ..data import Task
+from ..data import LossFn, MetricFn, Task, top1
 from ..errors import UserError
 
 
@@ -44,7 +44,7 @@ class Runtime:
         """Join torch.distributed if launched by torchrun (or already joined); pick CUDA when present."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but PyTorch sees no CUDA device")
+            raise UserError("device 'cuda' asked for, but PyTorch sees no CUDA device")
         cuda = torch.cuda.is_available() and device in (None, "cuda")
         local = int(os.environ.get("LOCAL_RANK", "0"))
         dev = torch.device("cuda", local) if cuda else torch.device("cpu")
@@ -76,11 +76,16 @@ class Runtime:
 
 
 class Trainer:
-    """Epochs over one task on one runtime, with a single progress bar across all training phases."""
+    """Epochs over one task on one runtime, with a single progress bar across all training phases.
+
+    The loss and metric are the task's own when it brings them, else cross-entropy and top-1 accuracy.
+    """
 
     def __init__(self, task: Task, runtime: Runtime, batch_size: int, seed: int, epochs: int, progress: bool) -> None:
         self.task = task
         self.runtime = runtime
+        self.loss_fn: LossFn = task.loss or F.cross_entropy
+        self.metric: MetricFn = task.metric or top1
         self.loader = runtime.train_loader(task.train, batch_size, seed)
         self.bar = tqdm(total=epochs, desc="unify", unit="epoch", disable=not (progress and runtime.main), leave=False)
         self.epochs_done = 0
@@ -88,7 +93,7 @@ class Trainer:
     def epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer,
               extra_loss: Callable[[], torch.Tensor] | None = None, scheduler=None) -> float:
         """One epoch (``model`` may be the DDP wrapper); returns the mean task loss."""
-        loss = run_epoch(model, self.loader, optimizer, self.runtime, self.epochs_done, extra_loss)
+        loss = run_epoch(model, self.loader, optimizer, self.runtime, self.epochs_done, self.loss_fn, extra_loss)
         if scheduler is not None:
             scheduler.step()
         self.epochs_done += 1
@@ -97,10 +102,10 @@ class Trainer:
         return loss
 
     def accuracy(self, model: nn.Module, recalibrate: bool = False) -> float:
-        """Test accuracy; with ``recalibrate``, after re-estimating BatchNorm statistics first."""
+        """The metric on the held-out split; with ``recalibrate``, after re-estimating BatchNorm statistics."""
         if recalibrate:
             recalibrate_batchnorm(model, self.task.train, self.runtime)
-        return evaluate(model, self.task.test, self.runtime)[1]
+        return evaluate(model, self.task.test, self.runtime, self.metric)
 
     def close(self) -> None:
         self.bar.close()
@@ -112,6 +117,7 @@ def run_epoch(
     optimizer: torch.optim.Optimizer,
     runtime: Runtime,
     epoch: int,
+    loss_fn: LossFn = F.cross_entropy,
     extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> float:
     """One training epoch; returns the mean task loss (without ``extra_loss``) over this rank's batches."""
@@ -121,7 +127,7 @@ def run_epoch(
     total, batches = 0.0, 0
     for x, y in loader:
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         objective = loss + extra_loss() if extra_loss is not None else loss
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
@@ -132,20 +138,19 @@ def run_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, runtime: Runtime, batch_size: int = 256) -> tuple[float, float]:
-    """``(mean loss, accuracy)`` over the whole of ``data``, each rank scoring its own shard."""
+def evaluate(model: nn.Module, data: Dataset, runtime: Runtime, metric: MetricFn = top1,
+             batch_size: int = 256) -> float:
+    """The mean per-sample ``metric`` over the whole of ``data``, each rank scoring its own shard."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
+    sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)
     for x, y in DataLoader(runtime.eval_shard(data), batch_size=batch_size):
-        x, y = x.to(runtime.device), y.to(runtime.device)
-        logits = model(x)
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), device=runtime.device,
-                                                                                   dtype=torch.float64)])
+        scores = metric(model(x.to(runtime.device)), y.to(runtime.device)).double()
+        sums += torch.stack([scores.sum(), torch.tensor(float(scores.numel()), device=runtime.device,
+                                                        dtype=torch.float64)])
     if runtime.distributed:
         dist.all_reduce(sums)
-    loss, correct, count = sums.tolist()
-    return loss / max(count, 1), correct / max(count, 1)
+    total, count = sums.tolist()
+    return total / max(count, 1)
 
 
 def _global_mean(total: float, count: int, runtime: Runtime) -> float:
