@@ -1,22 +1,24 @@
 """``LowerUnifiedBlocks``: replace conv2d / linear layers whose constant weights are unified by calls to
 block-sparse TIR kernels that take the compressed weight as constants.
 
-Pattern, verify, rewrite (the shape of TVM's ``FoldBatchnormToConv2D``):
+Analyse, then rewrite (the shape of TVM's ``FoldBatchnormToConv2D``, with the decisions made first):
 
 - patterns: ``nn.conv2d(x, W)`` and ``matmul(x, permute_dims(W))`` (how the torch importer writes a
   Linear) with ``W`` constant;
-- verify: every block of W is checked numerically (``format.analyze``) against the file's spec when
-  there is one (never trusted: a wrong block shape or sparsity claim fails), else against the candidate
-  block shapes; a layer that fails stays dense, and the report says why;
-- rewrite: ``R.call_tir(kernel, [x, *weight arrays])`` (``kernels/ell.py``) with the kernel specialized to the
-  layer's shapes and block pattern; a weight whose spec allows free (dense) blocks and has some gets
-  ``R.add(that call, R.call_tir(free_kernel, [x, columns, values]))`` (``kernels/free_blocks.py``).
-  Bias, BatchNorm and activations around it stay Relax ops, which the default pipeline legalizes and
-  fuses.
+- analyse: every match is checked (static shapes, groups, layouts) and every block of W numerically
+  (``format.analyze``) against the file's spec when there is one (never trusted: a wrong block shape or
+  sparsity claim fails), else against the candidate block shapes. The verdicts are the report; a
+  layer that fails stays dense, and the report says why. Its kernels are generated here too;
+- rewrite (pure): ``R.call_tir(kernel, [x, *weight arrays])`` with the kernel specialized to the layer's
+  shapes and block pattern (``kernels/``); a weight whose spec allows free (dense) blocks and has some
+  gets ``R.add(that call, R.call_tir(free_kernel, [x, columns, values]))``. Bias, BatchNorm and
+  activations around it stay Relax ops, which the pipeline fuses into the kernel's store
+  (``FuseUnifiedEpilogue``) or legalizes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -25,8 +27,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
-from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, FreeEll, LutWeight, free_conv2d,
-                       free_dense, KernelOptions, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
+from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, KernelOptions, LutWeight,
+                       free_conv2d, free_dense, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
 from .report import LayerReport
 from .shapes import static_tensor_shape
 
@@ -37,6 +39,28 @@ Dims = Conv2dGeometry | tuple[int, int, int]
 
 def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A generated kernel and the constant arrays its call passes after the input."""
+
+    func: tvm.tirx.PrimFunc
+    name: str
+    arrays: tuple[np.ndarray, ...]
+
+
+@dataclass
+class LayerPlan:
+    """The analysis of one conv2d/linear: its report row and the kernels that replace it (none: it
+    stays dense). With two kernels the first is the unified one and the second the free blocks'."""
+
+    report: LayerReport
+    kernels: list[Kernel] = field(default_factory=list)
+
+
+# A layer's identity in the graph: its weight's value, its input shape, and the op.
+LayerKey = tuple[str, tuple[int, ...] | None, str]
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowerUnifiedBlocks")
@@ -62,7 +86,6 @@ class LowerUnifiedBlocks:
         self.lanes = lanes
         self.tasks = tasks
         self.report: list[LayerReport] = []
-        self._kept_dense: set[tuple[str, tuple[int, ...] | None]] = set()
         self.x = wildcard()
         self.weight = is_const()
         self.conv2d = is_op("relax.nn.conv2d")(self.x, self.weight)
@@ -71,80 +94,98 @@ class LowerUnifiedBlocks:
         self.pattern = self.conv2d | self.linear
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        self.report = []
-        self._kept_dense = set()
+        plans = self.analyze(mod)
+        self.report = [plan.report for plan in plans.values()]
         builder = relax.BlockBuilder(mod)
+        gvars = {key: [builder.add_func(k.func.without_attr("global_symbol"), k.name) for k in plan.kernels]
+                 for key, plan in plans.items()}
+
+        def rewriter(expr: relax.Expr, matches) -> relax.Expr:
+            key = self._key(matches)
+            return self._call(plans[key], gvars[key], matches[self.x], expr.ty) if gvars.get(key) else expr
+
         for gvar, func in mod.functions.items():
-            if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):
-                rewritten = rewrite_call(self.pattern, lambda expr, m: self._rewrite(builder, expr, m), func)
-                builder.update_func(gvar, rewritten)
+            if self._lowers(func):
+                builder.update_func(gvar, rewrite_call(self.pattern, rewriter, func))
         return relax.transform.DeadCodeElimination()(builder.get())
 
-    def _rewrite(self, builder: relax.BlockBuilder, expr: relax.Expr, matches) -> relax.Expr:
+    def analyze(self, mod: tvm.IRModule) -> dict[LayerKey, LayerPlan]:
+        """Every conv2d/linear of ``mod``'s Relax functions, in program order, with its verdict."""
+        plans: dict[LayerKey, LayerPlan] = {}
+        for func in mod.functions.values():
+            if not self._lowers(func):
+                continue
+            var2val = relax.analysis.get_var2val(func)
+            for call in _calls(func):
+                matches = self.pattern.extract_matched_expr(call, var2val)
+                if matches is not None and (key := self._key(matches)) not in plans:
+                    plans[key] = self._plan(matches, len(plans))
+        return plans
+
+    @staticmethod
+    def _lowers(func: tvm.ir.BaseFunc) -> bool:
+        return isinstance(func, relax.Function) and not func.attrs.get("Primitive", False)
+
+    def _key(self, matches) -> LayerKey:
+        op = "conv2d" if self.conv2d in matches else "linear"
+        return (weight_fingerprint(matches[self.weight].value.numpy()), static_tensor_shape(matches[self.x]), op)
+
+    def _plan(self, matches, index: int) -> LayerPlan:
+        """Check the layer and its blocks; generate its kernels if it lowers."""
         weight = matches[self.weight].value.numpy()
-        is_conv = self.conv2d in matches
-        op = "conv2d" if is_conv else "linear"
-        x_shape = static_tensor_shape(matches[self.x])
-        fingerprint = weight_fingerprint(weight)
-        if (fingerprint, x_shape) in self._kept_dense:  # rewrite_call revisits what it left unchanged
-            return expr
-        name = self.layer_names.get(fingerprint, f"{op}#{len(self.report)}")
-        entry = LayerReport(name, op, tuple(weight.shape), False, "", bytes_dense=int(weight.nbytes))
-        self.report.append(entry)
-        self._kept_dense.add((fingerprint, x_shape))
-        geometry_or_reason = (self._conv_geometry(matches[self.conv2d], x_shape, weight) if is_conv
-                              else self._linear_check(matches[self.transposed], x_shape, weight))
-        if isinstance(geometry_or_reason, str):
-            entry.reason = geometry_or_reason
-            return expr
+        fingerprint, x_shape, op = self._key(matches)
+        name = self.layer_names.get(fingerprint, f"{op}#{index}")
+        plan = LayerPlan(LayerReport(name, op, tuple(weight.shape), False, "", bytes_dense=int(weight.nbytes)))
+        dims = (self._conv_geometry(matches[self.conv2d], x_shape, weight) if op == "conv2d"
+                else self._linear_dims(matches[self.transposed], x_shape, weight))
+        if isinstance(dims, str):
+            plan.report.reason = dims
+            return plan
         analysis = analyze(weight, self.specs.get(name))
-        if not self._accept(entry, analysis):
-            return expr
-        self._kept_dense.discard((fingerprint, x_shape))
-        dims = geometry_or_reason if is_conv else (x_shape[0], weight.shape[1], weight.shape[0])
-        return self._lower(builder, entry, dims, analysis.encoded, matches[self.x], expr.ty)
+        if self._accept(plan.report, analysis):
+            plan.kernels = self._kernels(plan.report, dims, analysis.encoded)
+        return plan
 
-    def _lower(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
-               x: relax.Expr, ty: relax.Type) -> relax.Expr:
-        """The unified kernel's call, plus the free kernel's when the weight has free blocks: an ``add``
-        whose first operand is the unified call, the shape the epilogue-fusion pass folds into that
-        kernel's store. A weight whose kept blocks are all free needs the free kernel alone."""
+    def _kernels(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight) -> list[Kernel]:
+        """The unified kernel, plus the free kernel when the weight has free blocks (a weight whose kept
+        blocks are all free needs the free kernel alone); fills in the report's sizes."""
         has_free = bool(enc.free_indices.size)
-        unified = self._unified_call(builder, entry, dims, enc, x, ty) if enc.nnzb or not has_free else None
-        free = self._free_call(builder, entry, dims, enc, x, ty) if has_free else None
+        kernels = []
+        if enc.nnzb or not has_free:
+            weight = self._unified_kernel(entry, dims, enc, kernels)
+            entry.padding = weight.padding
+            entry.bytes_after += weight.nbytes
+        if has_free:
+            ell = to_free_ell(enc)
+            func = (free_conv2d(dims, ell, enc.spec.layout, self.lanes) if entry.op == "conv2d"
+                    else free_dense(*dims, ell, self.lanes))
+            kernels.append(Kernel(func, f"free_{entry.op}", ell.arrays))
+            entry.free_blocks, entry.free_padding = ell.count, ell.padding
+            entry.bytes_after += ell.nbytes
         entry.lowered, entry.reason = True, "lowered"
-        entry.bytes_after = sum(part[1].nbytes for part in (unified, free) if part)
-        entry.padding = unified[1].padding if unified else None
-        if free:
-            entry.free_blocks, entry.free_padding = free[1].count, free[1].padding
-        if unified and free:
-            return relax.op.add(unified[0], free[0])
-        return (unified or free)[0]
+        return kernels
 
-    def _unified_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
-                      x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, EllWeight | LutWeight]:
-        """The unified blocks' kernel call, in the pass's mode, on the weight form its algorithm reads."""
+    def _unified_kernel(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
+                        kernels: list[Kernel]) -> EllWeight | LutWeight:
+        """Append the unified blocks' kernel, in the pass's mode, on the weight form its algorithm reads."""
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         options = KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks)
         if entry.op == "conv2d":
             weight = kernel_weight(to_ell(enc), self.mode, dims.pixels)
-            kernel = unified_conv2d(dims, weight, enc.spec.layout, options)
+            func = unified_conv2d(dims, weight, enc.spec.layout, options)
         else:
             weight = kernel_weight(to_ell(enc), self.mode, dims[0])
-            kernel = unified_dense(*dims, weight, options)
-        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"unified_{entry.op}_{self.mode}")
-        return relax.call_tir(gvar, [x, *(relax.const(a) for a in weight.arrays)], ty), weight
+            func = unified_dense(*dims, weight, options)
+        kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
+        return weight
 
-    def _free_call(self, builder: relax.BlockBuilder, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
-                   x: relax.Expr, ty: relax.Type) -> tuple[relax.Call, FreeEll]:
-        """The free (dense-valued) blocks' kernel call: fp32 in every mode, since its weights are not +-1."""
-        ell = to_free_ell(enc)
-        if entry.op == "conv2d":
-            kernel = free_conv2d(dims, ell, enc.spec.layout, self.lanes)
-        else:
-            kernel = free_dense(*dims, ell, self.lanes)
-        gvar = builder.add_func(kernel.without_attr("global_symbol"), f"free_{entry.op}")
-        return relax.call_tir(gvar, [x, relax.const(ell.columns), relax.const(ell.values)], ty), ell
+    @staticmethod
+    def _call(plan: LayerPlan, gvars: list[tvm.ir.GlobalVar], x: relax.Expr, ty: relax.Type) -> relax.Expr:
+        """The kernels' calls; two are summed with the unified call first, the shape the epilogue-fusion
+        pass folds into that kernel's store."""
+        calls = [relax.call_tir(gvar, [x, *(relax.const(a) for a in kernel.arrays)], ty)
+                 for gvar, kernel in zip(gvars, plan.kernels)]
+        return relax.op.add(*calls) if len(calls) == 2 else calls[0]
 
     @staticmethod
     def _accept(entry: LayerReport, analysis: Analysis) -> bool:
@@ -172,10 +213,18 @@ class LowerUnifiedBlocks:
                               _ints(attrs.dilation))
 
     @staticmethod
-    def _linear_check(transpose: relax.Call, x_shape, weight: np.ndarray) -> str | None:
+    def _linear_dims(transpose: relax.Call, x_shape, weight: np.ndarray) -> tuple[int, int, int] | str:
+        """(batch, in, out) of a linear, or why it cannot be lowered."""
         axes = transpose.attrs.axes
         if weight.ndim != 2 or (axes is not None and _ints(axes) != (1, 0)):
             return "matmul weight is not a transposed 2D constant"
         if x_shape is None or len(x_shape) != 2:
             return "input is not a static float32 [batch, features] tensor"
-        return None
+        return (x_shape[0], weight.shape[1], weight.shape[0])
+
+
+def _calls(func: relax.Function) -> list[relax.Call]:
+    """Every call in ``func``, in program order."""
+    calls: list[relax.Call] = []
+    relax.analysis.post_order_visit(func, lambda e: calls.append(e) if isinstance(e, relax.Call) else None)
+    return calls
