@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -66,12 +67,14 @@ def compile_model(
     mode: str = "fp32",
     dense: bool = False,
     calibration: np.ndarray | None = None,
+    emit_source: str | os.PathLike | None = None,
 ) -> CompileResult:
     """TorchScript file (or an already imported model) -> shared library for ``target``.
 
     Unified layers are lowered to block-sparse kernels in ``mode`` (fp32 or int8) unless ``dense``. For
     int8, ``calibration`` (sample inputs, see ``int8_calibration.sample_batches``) fixes each layer's activation
-    scale to max|input|/127 over the samples; without it the kernels compute that scale on every call."""
+    scale to max|input|/127 over the samples; without it the kernels compute that scale on every call.
+    ``emit_source`` names a folder for the generated code (``emit_sources``)."""
     if calibration is not None and (mode != "int8" or dense):
         raise UserError("calibration samples set int8 activation scales: use them with --mode int8, without --dense")
     preset = target if isinstance(target, TargetPreset) else load_target(target)
@@ -89,22 +92,55 @@ def compile_model(
         start = time.perf_counter()
         mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores)
         timings["lower"] = time.perf_counter() - start
-    result = compile_module(mod, preset, output, imported.input_shape)
+    result = compile_module(mod, preset, output, imported.input_shape, emit_source)
     result.timings = {**timings, **result.timings}
     result.report = report
     return result
 
 
 def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | os.PathLike,
-                   input_shape: tuple[int, ...]) -> CompileResult:
+                   input_shape: tuple[int, ...], emit_source: str | os.PathLike | None = None) -> CompileResult:
     """Build an imported (and possibly already lowered, for this target's cores) module for ``target``
-    and export it."""
+    and export it (and its generated code into ``emit_source``, if given)."""
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     executable = build(mod, preset)
     timings["build"] = time.perf_counter() - start
+    if emit_source is not None:
+        emit_sources(executable, emit_source)
     start = time.perf_counter()
     export_library(executable, preset, output)
     timings["export"] = time.perf_counter() - start
     return CompileResult(str(output), preset.name, tuple(input_shape), timings)
+
+
+# Source formats worth reading per kind of generated module: assembly and LLVM IR for CPU code,
+# OpenCL C for GPU kernels.
+SOURCE_FORMATS = {"llvm": ("s", "ll"), "opencl": ("cl",)}
+
+
+def emit_sources(executable: tvm.runtime.Executable, directory: str | os.PathLike) -> list[Path]:
+    """Write the generated code of every module ``executable`` imports into ``directory`` (created if
+    missing): ``<kind><n>.<format>``, e.g. ``llvm0.s`` for review or instruction checks. Returns the paths."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--emit-source needs a directory, {out} is a file")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, module in enumerate(_generated_modules(executable.mod)):
+        for fmt in SOURCE_FORMATS.get(module.kind, ("",)):
+            path = out / f"{module.kind}{index}.{fmt or 'txt'}"
+            with atomic_output(path) as tmp:
+                tmp.write_text(module.inspect_source(fmt))
+            written.append(path)
+    return written
+
+
+def _generated_modules(module: tvm.runtime.Module) -> list[tvm.runtime.Module]:
+    """The code-generated modules under the VM executable, depth first."""
+    found = []
+    for child in module.imports:
+        found.append(child)
+        found.extend(_generated_modules(child))
+    return found

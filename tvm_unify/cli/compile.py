@@ -37,7 +37,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
         preset = android_preset(preset, args.android_ndk)
     samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
-                           calibration=samples)
+                           calibration=samples, emit_source=args.emit_source)
     if result.report:
         print(report_table(result.report))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
@@ -72,4 +72,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                         "the scale from each input at run time")
     p.add_argument("--dense", action="store_true",
                    help="compile the plain model without unified kernels, for comparison")
+    p.add_argument("--emit-source", metavar="DIR",
+                   help="also write the generated code into DIR: assembly (.s) and LLVM IR (.ll) for CPU kernels, "
+                        "OpenCL C (.cl) for GPU kernels")
     p.set_defaults(func=_cmd_compile)
