@@ -23,7 +23,7 @@ from .format import specs_from_metadata
 from .frontend import ImportedModel, calibrate_act_scales, import_torchscript, layer_names
 from .kernels import DEFAULT_TASKS
 from .passes import LayerReport, LowerUnifiedBlocks
-from .pipeline import build
+from .pipeline import build, codegen_target
 from .targets import TargetPreset, load_target
 
 
@@ -39,11 +39,13 @@ class CompileResult:
 
 
 def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,
-                  tasks: int = DEFAULT_TASKS) -> tuple[tvm.IRModule, list[LayerReport]]:
+                  tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None
+                  ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
-    given) for a device of ``tasks`` cores; return the module and the per-layer report."""
+    given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels); return
+    the module and the per-layer report."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
-                                  act_scales, tasks=tasks)
+                                  act_scales, tasks=tasks, target=target)
     return lowering(imported.mod), lowering.report
 
 
@@ -90,7 +92,7 @@ def compile_model(
     mod, report = imported.mod, []
     if not dense:
         start = time.perf_counter()
-        mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores)
+        mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset))
         timings["lower"] = time.perf_counter() - start
     result = compile_module(mod, preset, output, imported.input_shape, emit_source)
     result.timings = {**timings, **result.timings}

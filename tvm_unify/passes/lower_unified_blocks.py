@@ -70,13 +70,15 @@ class LowerUnifiedBlocks:
     ``layer_names`` maps ``weight_fingerprint`` -> module path (for the report and the spec lookup),
     ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
     path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
-    task count of the table-lookup kernels (the target device's cores). After the pass has run,
-    ``report`` lists every conv2d/linear layer it saw.
+    task count of the table-lookup kernels (the target device's cores), ``target`` the codegen target
+    the kernels are generated for (None: generic CPU kernels). After the pass has run, ``report`` lists
+    every conv2d/linear layer it saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
                  layer_names: Mapping[str, str] | None = None, act_scales: Mapping[str, float] | None = None,
-                 lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS) -> None:
+                 lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS,
+                 target: tvm.target.Target | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
@@ -85,6 +87,7 @@ class LowerUnifiedBlocks:
         self.act_scales = dict(act_scales or {})
         self.lanes = lanes
         self.tasks = tasks
+        self.target = target
         self.report: list[LayerReport] = []
         self.x = wildcard()
         self.weight = is_const()
