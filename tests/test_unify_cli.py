@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tvm_unify.cli import main
-from unify_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from unify_helpers import NET, one_torch_thread, write_image_folder  # noqa: F401 (autouse fixture)
 from tvm_unify.torchscript import load_torchscript
 from tvm_unify.unify.project import FREE, PRUNED, classify_blocks, project_weight
 
@@ -177,3 +177,61 @@ def test_inspect_measures_the_weights_not_the_metadata(capsys, builtin_pt, tmp_p
     assert rows["features.3"].matches_metadata
     assert main(["inspect", str(tampered)]) == 0
     assert "differs from recorded spec" in capsys.readouterr().out
+
+
+def test_done_when_user_model_on_a_user_image_folder(capsys, tmp_path, monkeypatch):
+    """`tvm-unify unify mypkg:Net --data ./images --block 4x4 --sparsity 0.75 -o net.pt`, small epochs."""
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text(NET)
+    write_image_folder(tmp_path / "images", per_class=10)
+    monkeypatch.chdir(tmp_path)
+    assert main(["unify", "mypkg:Net", "--data", "./images", "--block", "4x4", "--sparsity", "0.75", "--epochs", "4",
+                 "--no-progress", "-o", "net.pt"]) == 0
+    meta = assert_exactly_unified(tmp_path / "net.pt")
+    assert [r["name"] for r in meta["unify"]["layers"]] == ["body", "proj"] and meta["data"] == "images"
+    printed = capsys.readouterr().out
+    assert "round 2/2" in printed and "blocks satisfied" in printed and "wrote net.pt" in printed
+
+
+def test_user_data_errors_speak_in_flags(capsys, tmp_path, monkeypatch):
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text(NET)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "x.pt"
+    _fails_cleanly(capsys, ["unify", "mypkg:Net", "--data", "empty", "-o", str(out)], out, "no class sub-folders")
+    _fails_cleanly(capsys, ["unify", "mypkg:Net", "--data", "empty", "--val-fraction", "2", "-o", str(out)], out,
+                   "--val-fraction must be in (0, 1)")
+
+
+def _torchrun_rank(rank: int, world: int, port: int, root: str) -> None:
+    """What torchrun does for one rank: the rendezvous environment, then the same command line."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    os.chdir(root)
+    torch.set_num_threads(1)
+    code = main(["unify", "mypkg:Net", "--data", "images", "--block", "4x4", "--sparsity", "0.75", "--epochs", "4",
+                 "--device", "cpu", "--no-progress", "-o", "net.pt"])
+    torch.save({"code": code}, f"rank{rank}.done")
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_on_an_image_folder(tmp_path):
+    """Two processes (gloo, one DistributedSampler shard each) train one model; rank 0 writes it, exactly unified."""
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text(NET)
+    write_image_folder(tmp_path / "images", per_class=10)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_torchrun_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    assert not dist.is_initialized()
+    assert all(torch.load(tmp_path / f"rank{r}.done")["code"] == 0 for r in range(2))
+    assert_exactly_unified(tmp_path / "net.pt")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -34,20 +34,20 @@ DataSource = str | Task | None
 class Schedule:
     """Epoch budget per phase, the optimizer settings and the ADMM penalty schedule.
 
-    The W-step optimizer and ``rho`` schedule are chosen so that the weights reach the constraint set
-    before the hard projection (docs/compression.md has the measurements): SGD with momentum, whose
-    step is proportional to the penalty's pull (Adam's per-weight normalization makes a weak penalty
-    move weights as fast as the loss does, and a strong one no faster), and ``rho`` growing
-    geometrically from ``rho`` to ``rho_max``.
+    The defaults are chosen so that the weights reach the constraint set before the hard projection
+    (docs/compression.md has the measurements): one-epoch rounds, ``rho`` growing geometrically from
+    ``rho`` to ``rho_max`` (reached at the last round), and an Adam W-step. A penalty too weak for the
+    task loss (the former rho 1e-2 x1.3) leaves ``W`` where it was while ``U`` accumulates, so the
+    residual grows instead of shrinking.
     """
 
     dense_epochs: int = 8
-    admm_rounds: int = 4
-    round_epochs: int = 2
+    admm_rounds: int = 8
+    round_epochs: int = 1
     finetune_epochs: int = 4
-    rho: float = 1e-2
-    rho_growth: float = 1.3
-    rho_max: float = 1.0
+    rho: float = 0.5
+    rho_growth: float = 2.0
+    rho_max: float = 32.0
     lr: float = 2e-3
     admm_lr: float = 2e-3
     admm_optimizer: str = "adam"
@@ -65,15 +65,17 @@ class Schedule:
 
     @classmethod
     def from_epochs(cls, epochs: int, pretrained: bool = False, **overrides: object) -> "Schedule":
-        """Split a total epoch budget: 40% dense (fresh models only), then 2/3 ADMM and 1/3 fine-tune."""
+        """Split a total epoch budget: 40% dense (fresh models only), then 2/3 one-epoch ADMM rounds and
+        1/3 fine-tuning, with ``rho`` growing from ``rho`` to ``rho_max`` over the rounds."""
         if epochs < 2:
             raise UserError(f"epochs must be at least 2 (got {epochs})")
         dense = 0 if pretrained else round(0.4 * epochs)
         rest = epochs - dense
         finetune = max(1, rest // 3)
-        round_epochs = 2 if rest - finetune >= 4 else 1
-        rounds = (rest - finetune) // round_epochs
-        return cls(dense, rounds, round_epochs, epochs - dense - rounds * round_epochs, **overrides)
+        schedule = cls(dense, rest - finetune, 1, finetune, **overrides)
+        if "rho_growth" in overrides:
+            return schedule
+        return replace(schedule, rho_growth=reaching_growth(schedule.rho, schedule.rho_max, schedule.admm_rounds))
 
     @property
     def total_epochs(self) -> int:
@@ -82,6 +84,11 @@ class Schedule:
     def rho_at(self, round_index: int) -> float:
         """The penalty of ADMM round ``round_index`` (0-based): geometric growth, capped."""
         return min(self.rho * self.rho_growth ** round_index, self.rho_max)
+
+
+def reaching_growth(rho: float, rho_max: float, rounds: int) -> float:
+    """The per-round factor that takes ``rho`` to ``rho_max`` at the last of ``rounds`` rounds."""
+    return max(1.0, (rho_max / rho) ** (1 / max(rounds - 1, 1)))
 
 
 @dataclass
