@@ -256,6 +256,15 @@ def apply_sign(value, bit, mode: str):
     return T.bitwise_xor(T.Cast("int32", value), mask) - mask
 
 
+def pack_int8x4(values):
+    """Four int8 values as one int32 word, ``values[0]`` in the lowest byte (little-endian: the word's
+    bytes in memory are the four int8 in order, as ``sdot`` reads them)."""
+    word = T.Cast("int32", T.Cast("uint8", values[0]))
+    for j in range(1, 4):
+        word = T.bitwise_or(word, T.shift_left(T.Cast("int32", T.Cast("uint8", values[j])), T.int32(8 * j)))
+    return word
+
+
 def quantize(value, inv_scale):
     """``clamp(round(value * inv_scale), -127, 127)`` as int8."""
     return T.Cast("int8", T.max(T.min(T.round(value * inv_scale), T.float32(127)), T.float32(-127)))

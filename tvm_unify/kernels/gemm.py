@@ -5,7 +5,9 @@ activation scale (given, or ``max|x| / 127`` per call), reads the input in place
 copy, and, for the sign-apply algorithms, stages it tile-major (``[tiles, K, lanes]``, quantized in
 int8 mode) so that a task streams through one contiguous block instead of striding across K rows of P
 values (page-sized strides defeat the prefetchers: staging ``[K, P]`` made a 64->64 3x3 conv at 32x32
-1.6x slower); then the algorithm's body (``lut.py``, ``direct.py``, ``gemv.py``, ``free_blocks.py``),
+1.6x slower); the int8 dot-product algorithms (``sdot.py``, ``smmla.py``) want four consecutive k per
+pixel instead, ``[tiles, K/4, lanes]`` int32 words of four int8 (sdot's operand layout); then the
+algorithm's body (``lut.py``, ``direct.py``, ``gemv.py``, ``free_blocks.py``),
 which receives a ``GemmPlan``: the problem, the weight's buffers and the derived tiling.
 
 Every loop bound is a compile-time constant (blocked ELL, ``ell.py``), so meta-schedule's
@@ -24,13 +26,15 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import GemmProblem, lane_reduce, pad_copy, pick_lanes, quantize, row_chunks, x_at
+from .common import GemmProblem, lane_reduce, pack_int8x4, pad_copy, pick_lanes, quantize, row_chunks, x_at
 from .epilogue import Step, bind_epilogue, with_params
 
 MODES = ("fp32", "int8")
 DEFAULT_LANES = 16
 DEFAULT_TASKS = 4  # parallel tasks of a lut kernel, i.e. the device's cores (each task builds its tile's table)
 ROW_TASKS = 16  # of the direct and gemv kernels (no per-task set-up: finer load balance)
+# Algorithms that read X staged, and how many consecutive k each staged element packs per pixel.
+STAGING = {"direct": 1, "gemv": 1, "dot4": 4, "sdot": 4, "smmla": 4}
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,19 @@ class GemmPlan:
         """Whether the prologue stages X tile-major: the sign-apply algorithms do, except an fp32 GEMM
         whose input already is X (a 1x1/stride-1 conv, a batch-1 linear); the table lookups and the free
         blocks read the input directly."""
-        return self.options.algorithm in ("direct", "gemv") and not (
+        return self.options.algorithm in STAGING and not (
             self.problem.gather is None and self.options.mode == "fp32")
 
     @property
+    def k_pack(self) -> int:
+        """Consecutive k per staged element: 4 (int32 words of four int8) for the dot-product kernels."""
+        return STAGING.get(self.options.algorithm, 1)
+
+    @property
     def xdtype(self) -> str:
-        return "float32" if self.options.mode == "fp32" else "int8"
+        if self.options.mode == "fp32":
+            return "float32"
+        return "int8" if self.k_pack == 1 else "int32"
 
 
 # An algorithm's body: plan -> T.inline(src, xcol, yv, qscale) computing every output.
@@ -114,7 +125,7 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
     x_lanes = pick_lanes(x_size, options.lanes)
     dynamic_scale = options.mode == "int8" and options.act_scale is None
     given_scale = float(options.act_scale) if options.mode == "int8" and options.act_scale else 1.0
-    vl, tiles, staged, xdtype = plan.vl, plan.tiles, plan.staged, plan.xdtype
+    vl, tiles, staged, xdtype, k_pack = plan.vl, plan.tiles, plan.staged, plan.xdtype, plan.k_pack
     run = body(plan)
 
     @T.prim_func(check_well_formed=False)  # the weight and epilogue parameters are added after parsing
@@ -140,7 +151,15 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
         else:
             src = T.decl_buffer(pad[0], "float32")
             pad_copy(x, src, pad[1])
-        if staged:
+        if staged and k_pack == 4:
+            xcol = T.decl_buffer((tiles, k_extent // 4, vl), xdtype)
+            inv = T.float32(1) / qscale[0]
+            for kq in T.parallel(k_extent // 4):
+                for t in range(tiles):
+                    for v in T.vectorized(vl):
+                        xcol[t, kq, v] = pack_int8x4(
+                            [quantize(x_at(src, gather, kq * 4 + j, t * vl, v), inv) for j in range(4)])
+        elif staged:
             xcol = T.decl_buffer((tiles, k_extent, vl), xdtype)
             inv = T.float32(1) / qscale[0]
             for k in T.parallel(k_extent):

@@ -1,12 +1,14 @@
 """Unified conv2d and linear kernels: pick the algorithm, plan the GEMM, generate, attach the recipe.
 
-Three algorithms (``default_algorithm`` picks): ``lut`` (table lookups, fp32), ``direct`` (sign-apply,
-fp32 or int8) and ``gemv`` (a batch-1 linear). int8: activations are quantized per tensor,
+The algorithms (``default_algorithm`` picks from the mode, the shape and the target's features):
+``lut`` (table lookups, fp32), ``direct`` (sign-apply, fp32 or int8), ``gemv`` (a batch-1 linear), and
+on aarch64 the int8 block-row dot products (``sdot.py``: ``sdot`` with dotprod, ``dot4`` without;
+``smmla.py`` with i8mm). int8: activations are quantized per tensor,
 ``q = clamp(round(x / act_scale), -127, 127)``, with a given (calibrated) ``act_scale`` or, when None,
 ``max|x| / 127`` computed per call; weights are exactly +-1, the per-block sums accumulate in int32 and
-are rescaled by ``scale * act_scale``. The staged input buffer is where the data layout is chosen: it is
-tile-major with pixels innermost for vector-over-pixel hosts; an ARM ``sdot`` schedule wants four
-consecutive k per pixel, a change confined to the staging.
+are rescaled by ``scale * act_scale`` (the dot-product kernels put a block row's scales on one int8
+grid first, ``sdot.DotWeight``). The staged input buffer is where the data layout is chosen: tile-major
+with pixels innermost for the sign-apply kernels, four consecutive k per pixel for the dot products.
 """
 
 from __future__ import annotations
@@ -24,42 +26,75 @@ from .epilogue import Step
 from .gemm import ROW_TASKS, KernelOptions, gemm_kernel, plan_gemm
 from .gemv import gemv_body
 from .lut import lut_body
+from .neon import CpuFeatures, dot_lanes
 from .recipe import conv2d_shape, dense_shape, geometry_of, options_of, with_recipe
+from .sdot import DotWeight, dot4_body, sdot_body, to_dot
+from .smmla import PairWeight, smmla_body, to_pairs
 
-ALGORITHMS = {"lut": lut_body, "direct": direct_body, "gemv": gemv_body}
-FIELDS = {LutWeight: ("entries", "scales", "order"), EllWeight: ("columns", "scales", "signs", "order")}
+ALGORITHMS = {"lut": lut_body, "direct": direct_body, "gemv": gemv_body, "dot4": dot4_body, "sdot": sdot_body,
+              "smmla": smmla_body}
+# The weight form each algorithm reads (the rest read ``EllWeight``), how to make it, its arrays' names.
+FORMS = {"lut": (LutWeight, to_lut), "dot4": (DotWeight, to_dot), "sdot": (DotWeight, to_dot),
+         "smmla": (PairWeight, to_pairs)}
+FIELDS = {LutWeight: ("entries", "scales", "order"), EllWeight: ("columns", "scales", "signs", "order"),
+          DotWeight: ("columns", "words", "row_scales", "order"), PairWeight: ("columns", "words", "row_scales", "order")}
+KernelWeight = EllWeight | LutWeight | DotWeight | PairWeight
+DOT_ALGORITHMS = ("dot4", "sdot", "smmla")  # int8 only, blocks a multiple of 4 wide, tiles of 4k pixels
 
 
-def default_algorithm(mode: str, columns: int) -> str:
+def default_algorithm(mode: str, columns: int, features: CpuFeatures = CpuFeatures(),
+                      block: tuple[int, int] = (4, 4), group: int | None = None) -> str:
     """One column (batch-1 linear): ``gemv``, vector lanes over a block's weights. Else fp32: table
-    lookups (fewest vector ops on any CPU); int8: the direct sign-apply loop, whose int8 x +-1 block
-    dot products are what ARM sdot/i8mm tensorize."""
+    lookups (fewest vector ops on any CPU). int8 on aarch64, for blocks a multiple of 4 wide and
+    ``group`` (pixels per image, default ``columns``) a multiple of 4: block-row dot products, with
+    ``smmla`` where the target has i8mm (blocks of even height), ``sdot`` where it has dotprod, else
+    the widening NEON form; elsewhere the sign-apply loop."""
     if columns == 1:
         return "gemv"
-    return "lut" if mode == "fp32" else "direct"
+    if mode == "fp32":
+        return "lut"
+    if features.aarch64 and block[1] % 4 == 0 and (group or columns) % 4 == 0:
+        if features.i8mm and block[0] % 2 == 0:
+            return "smmla"
+        return "sdot" if features.dotprod else "dot4"
+    return "direct"
 
 
-def kernel_weight(ell: EllWeight, mode: str, columns: int, algorithm: str | None = None) -> EllWeight | LutWeight:
-    """The weight in the form ``algorithm`` (default: ``default_algorithm``) reads: ``LutWeight`` for
-    ``lut``, else ``ell`` itself. Its ``arrays`` are the kernel's constant arguments."""
-    return to_lut(ell) if (algorithm or default_algorithm(mode, columns)) == "lut" else ell
+def target_options(options: KernelOptions, features: CpuFeatures, block: tuple[int, int], columns: int,
+                   group: int | None = None) -> KernelOptions:
+    """``options`` with the default algorithm for the target's ``features`` (``default_algorithm``) and,
+    for the dot products, the tile their accumulators fit in NEON registers (``options.lanes`` caps it)."""
+    algorithm = options.algorithm or default_algorithm(options.mode, columns, features, block, group)
+    lanes = dot_lanes(block[0], options.lanes) if algorithm in DOT_ALGORITHMS else options.lanes
+    return replace(options, algorithm=algorithm, lanes=lanes)
 
 
-def _resolve(weight: EllWeight | LutWeight, problem: GemmProblem, options: KernelOptions) -> KernelOptions:
+def kernel_weight(ell: EllWeight, mode: str, columns: int, algorithm: str | None = None
+                  ) -> KernelWeight:
+    """The weight in the form ``algorithm`` (default: ``default_algorithm``) reads (``FORMS``; ``ell``
+    itself for the sign-apply kernels). Its ``arrays`` are the kernel's constant arguments."""
+    form = FORMS.get(algorithm or default_algorithm(mode, columns))
+    return ell if form is None else form[1](ell)
+
+
+def _resolve(weight: KernelWeight, problem: GemmProblem, options: KernelOptions) -> KernelOptions:
     """``options`` with the algorithm the weight's form implies when none is given (``lut`` for a
-    ``LutWeight``, else the sign-apply kernel for the column count), checked against mode and shape."""
-    algorithm = options.algorithm or (
-        "lut" if isinstance(weight, LutWeight) else ("gemv" if problem.p_extent == 1 else "direct"))
+    ``LutWeight``, ``dot4`` for a ``DotWeight``, ``smmla`` for a ``PairWeight``, else the sign-apply kernel for the column count), checked
+    against mode, shape and form."""
+    implied = {LutWeight: "lut", DotWeight: "dot4", PairWeight: "smmla"}.get(type(weight), "gemv" if problem.p_extent == 1 else "direct")
+    algorithm = options.algorithm or implied
     if (algorithm not in ALGORITHMS or (algorithm == "lut" and options.mode != "fp32")
-            or (algorithm == "gemv" and problem.p_extent != 1)):
+            or (algorithm == "gemv" and problem.p_extent != 1)
+            or (algorithm in DOT_ALGORITHMS and (options.mode != "int8" or problem.lanes(options.lanes) % 4))):
         raise ValueError(f"algorithm {algorithm!r} does not exist for mode {options.mode} and "
                          f"{problem.p_extent} columns")
-    if (algorithm == "lut") != isinstance(weight, LutWeight):
-        raise ValueError(f"algorithm {algorithm!r} takes {'a LutWeight' if algorithm == 'lut' else 'an EllWeight'}")
+    form = FORMS.get(algorithm, (EllWeight,))[0]
+    if not isinstance(weight, form):
+        raise ValueError(f"algorithm {algorithm!r} takes a {form.__name__}, not a {type(weight).__name__}")
     return replace(options, algorithm=algorithm)
 
 
-def _unified(problem: GemmProblem, weight: EllWeight | LutWeight, options: KernelOptions,
+def _unified(problem: GemmProblem, weight: KernelWeight, options: KernelOptions,
              shape: dict) -> tvm.tirx.PrimFunc:
     options = _resolve(weight, problem, options)
     min_tasks = options.tasks if options.algorithm == "lut" else ROW_TASKS
@@ -68,13 +103,13 @@ def _unified(problem: GemmProblem, weight: EllWeight | LutWeight, options: Kerne
     return with_recipe(kernel, shape, (weight.rows, weight.cols), len(weight.arrays), options)
 
 
-def unified_conv2d(g: Conv2dGeometry, weight: EllWeight | LutWeight, layout: str,
+def unified_conv2d(g: Conv2dGeometry, weight: KernelWeight, layout: str,
                    options: KernelOptions = KernelOptions()) -> tvm.tirx.PrimFunc:
     """conv2d (NCHW x OIHW-unified, groups=1) -> PrimFunc(x, *weight.arrays, *epilogue operands, y)."""
     return _unified(conv2d_problem(g, layout, options.lanes), weight, options, conv2d_shape(g, layout))
 
 
-def unified_dense(batch: int, in_features: int, out_features: int, weight: EllWeight | LutWeight,
+def unified_dense(batch: int, in_features: int, out_features: int, weight: KernelWeight,
                   options: KernelOptions = KernelOptions()) -> tvm.tirx.PrimFunc:
     """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> PrimFunc(x, *weight.arrays, *epilogue operands,
     y)."""
@@ -85,7 +120,7 @@ def unified_dense(batch: int, in_features: int, out_features: int, weight: EllWe
 def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
     """The kernel ``recipe`` describes, on the weight arrays of its call (arguments ``recipe["ell_args"]``),
     with ``epilogue`` instead of the recipe's own."""
-    form = LutWeight if recipe["algorithm"] == "lut" else EllWeight
+    form = FORMS.get(recipe["algorithm"], (EllWeight,))[0]
     weight = form(*recipe["block"], *weight_arrays)
     options = options_of(recipe, epilogue)
     if recipe["op"] == "conv2d":

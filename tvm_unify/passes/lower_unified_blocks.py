@@ -28,7 +28,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, KernelOptions, LutWeight,
-                       free_conv2d, free_dense, kernel_weight, to_ell, to_free_ell, unified_conv2d, unified_dense)
+                       cpu_features, free_conv2d, free_dense, kernel_weight, target_options, to_ell, to_free_ell,
+                       unified_conv2d, unified_dense)
 from .report import LayerReport
 from .shapes import static_tensor_shape
 
@@ -172,13 +173,13 @@ class LowerUnifiedBlocks:
                         kernels: list[Kernel]) -> EllWeight | LutWeight:
         """Append the unified blocks' kernel, in the pass's mode, on the weight form its algorithm reads."""
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
-        options = KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks)
-        if entry.op == "conv2d":
-            weight = kernel_weight(to_ell(enc), self.mode, dims.pixels)
-            func = unified_conv2d(dims, weight, enc.spec.layout, options)
-        else:
-            weight = kernel_weight(to_ell(enc), self.mode, dims[0])
-            func = unified_dense(*dims, weight, options)
+        conv = entry.op == "conv2d"
+        columns, group = (dims.pixels, dims.out_hw[0] * dims.out_hw[1]) if conv else (dims[0], dims[0])
+        options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
+                                 cpu_features(self.target), enc.spec.shape, columns, group)
+        weight = kernel_weight(to_ell(enc), self.mode, columns, options.algorithm)
+        func = (unified_conv2d(dims, weight, enc.spec.layout, options) if conv
+                else unified_dense(*dims, weight, options))
         kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
         return weight
 

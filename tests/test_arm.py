@@ -1,0 +1,156 @@
+"""aarch64 kernel variants: chosen from the target's features, emitted with the promised instructions,
+and numerically right.
+
+- which algorithm each preset gets (a target without dotprod never gets ``sdot``: SIGILL on a Cortex-A53);
+- the int8 grid of ``DotWeight``/``PairWeight`` (signs kept, levels within half a grid step);
+- ``dot4`` (the portable twin of ``sdot``: same layout, same integer sums) against PyTorch on the host;
+- the assembly of tiny models cross-compiled per preset (``compile --emit-source``) holds ``sdot`` /
+  ``smmla`` exactly where the target has them (cross-compiling needs no device);
+- slow: every aarch64 variant on the emulated device (qemu ``max`` CPU has dotprod and i8mm): fp32 NEON
+  against PyTorch, ``dot4``/``sdot``/``smmla`` bit-for-bit against the host's ``dot4`` (they compute the
+  same int32 sums), which is itself checked against PyTorch within the quantization bound.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tvm_unify.compiler import compile_model
+from tvm_unify.format import BlockSpec, verify
+from tvm_unify.frontend import import_torchscript
+from tvm_unify.kernels import (Conv2dGeometry, KernelOptions, cpu_features, default_algorithm, kernel_weight,
+                               to_dot, to_ell, unified_conv2d, unified_dense)
+from tvm_unify.kernels.smmla import to_pairs
+from tvm_unify.targets import load_target
+from tvm_unify.testing import project, run_kernel, unify_model
+from tvm_unify.torchscript import save_torchscript
+
+EXPECTED = {"host": "direct", "arm": "dot4", "rpi4": "dot4", "a55": "sdot", "a76": "sdot", "neoverse-v1": "smmla"}
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_int8_algorithm_follows_target_features(preset):
+    features = cpu_features(load_target(preset).tvm_target())
+    assert default_algorithm("int8", 64, features) == EXPECTED[preset]
+    assert default_algorithm("fp32", 64, features) == "lut" and default_algorithm("int8", 1, features) == "gemv"
+    assert default_algorithm("int8", 64, features, block=(4, 2)) in ("direct", "dot4")  # a word spans 4 k
+    assert default_algorithm("int8", 98, features, group=49) in ("direct", "dot4")  # 4-pixel tiles
+
+
+@pytest.mark.parametrize("preset", ["arm", "rpi4"])
+def test_no_dotprod_target_never_gets_sdot(preset):
+    features = cpu_features(load_target(preset).tvm_target())
+    assert not features.dotprod and not features.i8mm
+    for block in [(4, 4), (2, 4), (8, 8), (1, 4)]:
+        for columns in [4, 16, 64, 1024]:
+            assert default_algorithm("int8", columns, features, block) not in ("sdot", "smmla")
+
+
+def _unified_weight(rows: int, cols: int, block: tuple[int, int], sparsity: float, seed: int) -> np.ndarray:
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    return project(w, block, sparsity)
+
+
+def _grid_weight(weight) -> np.ndarray:
+    """The dense matrix a DotWeight computes with: int8 levels times each block row's grid scale."""
+    levels = weight.words.view(np.int8).reshape(*weight.words.shape[:2], weight.rows, weight.cols)
+    nbr = levels.shape[0]
+    out = np.zeros((nbr * weight.rows, (weight.columns.max() + 1) * weight.cols), dtype=np.float32)
+    for r in range(nbr):
+        for s in range(levels.shape[1]):
+            row = weight.order[r] * weight.rows
+            col = weight.columns[r, s] * weight.cols
+            out[row:row + weight.rows, col:col + weight.cols] += levels[r, s] * weight.row_scales[r]
+    return out
+
+
+@pytest.mark.parametrize("block", [(4, 4), (2, 8), (8, 4)])
+def test_int8_grid_keeps_signs_within_half_a_step(block):
+    w = _unified_weight(32, 64, block, 0.5, seed=3)
+    dot = to_dot(to_ell(verify(w, BlockSpec(*block)).encoded))
+    grid = _grid_weight(dot)[:, :w.shape[1]]
+    assert (np.sign(grid) == np.sign(w)).all()
+    step = np.repeat(dot.row_scales[np.argsort(dot.order)], block[0])[:, None]
+    assert (np.abs(grid - w) <= step / 2 + 1e-7).all()
+    pairs = to_pairs(to_ell(verify(w, BlockSpec(*block)).encoded)) if block[0] % 2 == 0 else None
+    if pairs is not None:  # same weights, paired: every block's words appear once
+        assert sorted(pairs.words[pairs.words != 0].tolist()) == sorted(dot.words[dot.words != 0].tolist())
+
+
+def _int8_bound(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Half a quantization step of every activation times each row's |weights| (plus float slack)."""
+    return 0.5 * np.abs(x).max() / 127 * np.abs(grid).sum(axis=1) * 1.001 + 1e-5
+
+
+@pytest.mark.parametrize("block,batch", [((4, 4), 4), ((2, 8), 8), ((8, 4), 16)])
+def test_dot4_dense_matches_grid_weights(block, batch):
+    w = _unified_weight(32, 64, block, 0.75, seed=7)
+    weight = kernel_weight(to_ell(verify(w, BlockSpec(*block)).encoded), "int8", batch, "dot4")
+    x = np.random.default_rng(8).standard_normal((batch, 64)).astype(np.float32)
+    ours = run_kernel(unified_dense(batch, 64, 32, weight, KernelOptions("int8", algorithm="dot4", lanes=16)),
+                      x, weight, (batch, 32))
+    grid = _grid_weight(weight)[:, :64]
+    assert (np.abs(ours - x @ grid.T) <= _int8_bound(x, grid)[None, :]).all()
+
+
+@pytest.mark.parametrize("stride,padding,layout", [(1, 1, "tap"), (2, 1, "tap"), (1, 0, "flat")])
+def test_dot4_conv2d_matches_pytorch(stride, padding, layout):
+    g = Conv2dGeometry(1, 16, 8, 8, 32, (3, 3), (stride, stride), (padding,) * 4)
+    rng = np.random.default_rng(stride * 10 + padding)
+    w = project(rng.standard_normal((32, 16, 3, 3)).astype(np.float32), (4, 4), 0.75, layout)
+    enc = verify(w, BlockSpec(4, 4, layout)).encoded
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=padding).numpy()
+    weight = kernel_weight(to_ell(enc), "int8", g.pixels, "dot4")
+    ours = run_kernel(unified_conv2d(g, weight, layout, KernelOptions("int8", algorithm="dot4", lanes=16)),
+                      x, weight, ref.shape)
+    grid = _grid_weight(weight)
+    bound = _int8_bound(x, grid) + np.repeat(weight.row_scales[np.argsort(weight.order)], 4) / 2 * np.abs(x).sum()
+    assert (np.abs(ours - ref) <= bound[None, :, None, None]).all()
+    assert np.abs(ours - ref).max() <= 0.03 * np.abs(ref).max()
+
+
+class TinyNet(nn.Module):
+    """One unified 3x3 conv (4x4 blocks) between a stem and a classifier that stay dense: one unified
+    kernel, so a cross-compile takes seconds."""
+
+    def __init__(self, channels: int = 16, size: int = 8, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, padding=1)
+        self.fc = nn.Linear(2 * channels * size * size, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    unify_model(model, (4, 4), 0.75)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    save_torchscript(model, path, (1, 16, 8, 8), {"model": "tiny"})
+    return path
+
+
+def _opcodes(directory: Path) -> set[str]:
+    return {m.group(1) for path in directory.glob("*.s") for m in re.finditer(r"^\s+([a-z][a-z0-9.]*)\s", path.read_text(), re.M)}
+
+
+NO_DOTPROD = {"sdot", "smmla", "udot", "usdot"}
+
+
+@pytest.mark.parametrize("preset,present,absent", [
+    ("a76", {"sdot"}, {"smmla"}), ("neoverse-v1", {"smmla"}, set()), ("rpi4", set(), NO_DOTPROD),
+    pytest.param("a55", {"sdot"}, {"smmla"}, marks=pytest.mark.slow),
+    pytest.param("arm", set(), NO_DOTPROD, marks=pytest.mark.slow)])
+def test_emitted_assembly_has_the_targets_int8_instructions(tiny_model, tmp_path, preset, present, absent):
+    compile_model(tiny_model, preset, tmp_path / "m.so", mode="int8", emit_source=tmp_path / "src")
+    ops = _opcodes(tmp_path / "src")
+    assert present <= ops and not (absent & ops), sorted(ops & (present | absent))
