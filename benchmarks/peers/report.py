@@ -141,7 +141,7 @@ def header(data: dict) -> list[str]:
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".",
         f"- **Policy**: batch 1, one process per engine and thread count, one at a time; {policy['warmup']} "
         f"warm-up calls, then {policy['repeat']} timed single calls (median, p90) on the same fixed-seed "
-        f"input; peak RSS is the worker process's `ru_maxrss`. Every engine is first checked on "
+        f"input; peak RSS is the worker process's `VmHWM`. Every engine is first checked on "
         f"{policy['check_inputs']} random inputs against PyTorch eager (max abs error relative to PyTorch's "
         f"largest output: fp32 <= {policy['fp32_tolerance']:g}, int8 <= {policy['int8_tolerance']:g}); one "
         "that disagrees is FAILED and not timed.",
