@@ -154,3 +154,56 @@ def test_emitted_assembly_has_the_targets_int8_instructions(tiny_model, tmp_path
     compile_model(tiny_model, preset, tmp_path / "m.so", mode="int8", emit_source=tmp_path / "src")
     ops = _opcodes(tmp_path / "src")
     assert present <= ops and not (absent & ops), sorted(ops & (present | absent))
+
+
+# Random small unified convs: (in, out, size, stride, block, seed). Every aarch64 variant runs each one on
+# the emulated device.
+DEVICE_CASES = [(16, 32, 8, 1, (4, 4), 0), (32, 16, 6, 2, (4, 4), 1), (8, 32, 4, 1, (2, 8), 2),
+                (24, 16, 8, 1, (8, 4), 3)]
+VARIANTS = {"fp32-neon": ("a76", "fp32"), "int8-neon": ("arm", "int8"), "int8-sdot": ("a76", "int8"),
+            "int8-smmla": ("neoverse-v1", "int8")}
+
+
+@pytest.fixture(scope="module")
+def arm_device():
+    """An emulated aarch64 device with qemu's ``max`` CPU (NEON, dotprod, i8mm)."""
+    from tvm_unify.device.emulator import start_device, stop_device
+    from tvm_unify.device.procs import free_port
+    from tvm_unify.runtime.rpc import DeviceSpec
+
+    state = start_device(free_port(), qemu_cpu="max", log=print)
+    yield DeviceSpec(state.host, state.port)
+    stop_device(state.port)
+
+
+def _on_device(spec, library: Path, x: np.ndarray) -> np.ndarray:
+    from tvm_unify.runtime.rpc import load_remote, run_remote, with_device
+
+    return with_device(spec, lambda session: run_remote(load_remote(session, library), [x]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", DEVICE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-s{c[3]}-{c[4][0]}x{c[4][1]}")
+def test_aarch64_variants_on_the_emulated_device(arm_device, tmp_path, case):
+    """fp32 NEON matches PyTorch; the three int8 variants give the same outputs (same int32 sums; the
+    float rescale may round differently where the core's FMA contraction differs) and match PyTorch
+    within int8 error. The 3x3-pixel case has no 4-pixel tiles: every target falls back to ``direct``."""
+    cin, cout, size, stride, block, seed = case
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)).eval()
+    assert unify_model(model, block, 0.75) == ["0"]
+    shape = (1, cin, size, size)
+    save_torchscript(model, tmp_path / "m.pt", shape, {"model": "conv"})
+    imported = import_torchscript(tmp_path / "m.pt")
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    outputs = {}
+    for name, (preset, mode) in VARIANTS.items():
+        compile_model(imported, preset, tmp_path / f"{name}.so", mode=mode)
+        outputs[name] = _on_device(arm_device, tmp_path / f"{name}.so", x)
+    scale = np.abs(ref).max()
+    assert np.abs(outputs["fp32-neon"] - ref).max() <= 1e-4 * scale
+    assert np.abs(outputs["int8-neon"] - ref).max() <= 0.03 * scale
+    for name in ("int8-sdot", "int8-smmla"):
+        assert np.abs(outputs[name] - outputs["int8-neon"]).max() <= 1e-6 * scale, name
