@@ -43,7 +43,14 @@ class TargetPreset:
         return tvm.target.Target(self.target)
 
     @property
+    def device(self) -> str:
+        """Where the kernels run: ``cpu`` (llvm targets) or ``opencl`` (a GPU; the host code runs on the
+        CPU of ``arch``)."""
+        return "opencl" if self.target["kind"] == "opencl" else "cpu"
+
+    @property
     def is_host(self) -> bool:
+        """Whether the library runs on this machine (its host code is built for this CPU)."""
         return self.cross_compiler is None
 
     @property
@@ -114,5 +121,12 @@ def android_preset(preset: TargetPreset, ndk_dir: str | os.PathLike) -> TargetPr
         raise UserError(f"no aarch64-linux-android<API>-clang under {ndk}/toolchains/llvm/prebuilt: "
                         "is this an Android NDK (r19 or newer)?")
     clang = clangs[max(clangs)]
-    target = {**preset.target, "mtriple": "aarch64-linux-android"}
-    return replace(preset, name=f"{preset.name}-android", target=target, cross_compiler=str(clang))
+    return replace(preset, name=f"{preset.name}-android", target=_with_mtriple(preset.target, "aarch64-linux-android"),
+                   cross_compiler=str(clang))
+
+
+def _with_mtriple(target: dict[str, Any], mtriple: str) -> dict[str, Any]:
+    """``target`` with its CPU code built for ``mtriple``: the target's own for llvm, its host's for a GPU."""
+    if "host" in target:
+        return {**target, "host": {**target["host"], "mtriple": mtriple}}
+    return {**target, "mtriple": mtriple}

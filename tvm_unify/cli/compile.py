@@ -10,7 +10,7 @@ def _cmd_targets(args: argparse.Namespace) -> None:
 
     for name in available_targets():
         preset = load_target(name)
-        print(f"{name:10s} {preset.arch:8s} {preset.description}")
+        print(f"{name:12s} {preset.arch:8s} {preset.device:7s} {preset.description}")
 
 
 def _cmd_export_builtin(args: argparse.Namespace) -> None:
@@ -46,7 +46,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``targets``, ``export-builtin`` and ``compile`` to the CLI."""
-    p = sub.add_parser("targets", help="list the bundled device presets")
+    p = sub.add_parser("targets", help="list the bundled device presets (name, host architecture, device)")
     p.set_defaults(func=_cmd_targets)
 
     p = sub.add_parser("export-builtin", help="write a built-in model as TorchScript (BatchNorm-calibrated)")
