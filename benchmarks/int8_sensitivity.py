@@ -10,15 +10,10 @@ any perturbation: its int8 figure says nothing about a trained model's int8 accu
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import numpy as np
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from test_lower_pass import fake_quant_reference, unified_model  # noqa: E402
+from tvm_unify.testing import fake_quant_reference, unified_model
 
 
 def gaussian_noise(module, inputs, rel: float = 0.01):

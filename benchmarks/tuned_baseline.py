@@ -29,96 +29,48 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the projection helper shared with the tests
-sys.path.insert(0, str(ROOT / "benchmarks"))  # shared timing helpers of unified_kernels.py
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import tvm  # noqa: E402
-import tvm_ffi  # noqa: E402
+import numpy as np
+import torch
+import tvm
 
 try:  # optional peer (the bench extra): the comparison notes its absence
-    import onnxruntime as ort  # noqa: E402
+    import onnxruntime as ort
 except ImportError:
     ort = None
-from torch import nn  # noqa: E402
-from tvm import relax, tirx  # noqa: E402
-from tvm.ir.utils import derived_object  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
-from tvm.s_tir.analysis import estimate_tir_flops  # noqa: E402
-from unified_kernels import BLOCK, IDLE, import_module, torch_seconds  # noqa: E402
-from unified_weights import unify_model  # noqa: E402
+from torch import nn
+from tvm import relax
 
-from tvm_unify.models.calibration import calibrate_batchnorm  # noqa: E402
-from tvm_unify.compiler import lower_unified  # noqa: E402
-from tvm_unify.pipeline import build, codegen_target  # noqa: E402
-from tvm_unify.models import get_builtin  # noqa: E402
-from tvm_unify.pipeline import SCHEDULED, ApplyDefaultSchedules, prepare_passes  # noqa: E402
-from tvm_unify.targets import load_target  # noqa: E402
+from tvm_unify.compiler import lower_unified
+from tvm_unify.models import get_builtin
+from tvm_unify.models.calibration import calibrate_batchnorm
+from tvm_unify.pipeline import build, codegen_target, prepare_passes
+from tvm_unify.schedule import ApplyDefaultSchedules
+from tvm_unify.targets import load_target
+from tvm_unify.testing import import_model, torch_seconds, unify_model
+from tvm_unify.tuning import (MIN_FLOP_SHARE, TRIALS_PER_ITER, Race, allocate, keep_better, kernel_tasks,
+                              open_database, tunable, tune_tasks_resumable)
+from tvm_unify.tuning.keep_better import RACE_MIN_REPEAT_MS, RACE_REPEATS, RACE_ROUNDS
+from tvm_unify.tuning.tune import STATE_FILE
 
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = (4, 4)
+IDLE = 0.2  # seconds between timed rounds: TVM's pool threads spin for a while after a run
 SPARSITY = 0.75
 MODELS = ("resnet18", "mobilenetv2")
 TUNING_ROOT = ROOT / "benchmarks" / "tuning"
-STATE_FILE = "tuning.json"  # budget, per-task trials and wall time of the tuning runs, next to the database
-MIN_FLOP_SHARE = 1e-3  # kernels below 0.1% of the model's FLOPs (reshape, mean, classifier) are not tuned
-SEED = 1  # fixed, for repeatable searches; in the range meta-schedule's own fork_seed draws from (>= 1)
-TRIALS_PER_ITER = 8  # small, so a budget of ~10 trials per kernel still reaches every kernel
-RACE_ROUNDS = 3  # alternating timing rounds per kernel race (min over all of them)
-RACE_REPEATS = 5
-RACE_MIN_REPEAT_MS = 10
 SAMPLES = 20  # single calls per round and variant
 SLOW_SAMPLES = 3  # for builds slower than SLOW_SECONDS per call (the stock build)
 SLOW_SECONDS = 0.02
 VARIANTS = ["PyTorch", "ONNX Runtime", "dense stock", "dense default", "dense tuned", "unified fp32",
             "unified fp32 + tuned rest", "unified int8"]
-NORMALIZE = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")  # meta-schedule's workload form
-
-
-@dataclass
-class Task:
-    """One distinct fused kernel of the prepared dense module.
-
-    ``mod`` is the kernel normalized the way meta-schedule normalizes workloads, so tuning commits and
-    measuring queries the same database key; ``gvars`` are the module's functions that are this kernel,
-    ``weight`` the number of calls to them in ``main``.
-    """
-
-    name: str
-    mod: tvm.IRModule
-    flops: float
-    gvars: list[tvm.ir.GlobalVar] = field(default_factory=list)
-    weight: int = 0
-
-
-@dataclass
-class Race:
-    """Per-kernel outcome of keep-the-better: seconds per call of the default schedule and of the best
-    database record, and how many valid records the database holds for the kernel."""
-
-    task: str
-    weight: int
-    default: float
-    tuned: float
-    records: int
-
-    @property
-    def best(self) -> float:
-        return min(self.default, self.tuned)
-
-    @property
-    def winner(self) -> str:
-        return "tuned" if self.tuned < self.default else "default"
 
 
 @dataclass
@@ -212,189 +164,29 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         return tvm.transform.Sequential(prepare_passes())(mod)
 
 
-def call_counts(mod: tvm.IRModule) -> Counter[str]:
-    """How many times ``main`` calls each PrimFunc (by name)."""
-    calls: Counter[str] = Counter()
-
-    def visit(expr: relax.Expr) -> None:
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
-            calls[expr.args[0].name_hint] += 1
-
-    relax.analysis.post_order_visit(mod["main"], visit)
-    return calls
-
-
-def kernel_tasks(mod: tvm.IRModule) -> list[Task]:
-    """The distinct PrimFuncs of a prepared module, heaviest (FLOPs x occurrences) first."""
-    calls = call_counts(mod)
-    tasks: dict[tvm_ffi.StructuralKey, Task] = {}
-    for gvar, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc):
-            task_mod = NORMALIZE(func)
-            task = tasks.setdefault(tvm_ffi.StructuralKey(task_mod),
-                                    Task(gvar.name_hint, task_mod, estimate_tir_flops(task_mod)))
-            task.gvars.append(gvar)
-            task.weight += calls[gvar.name_hint]
-    return sorted(tasks.values(), key=lambda t: (-t.flops * t.weight, t.name))
-
-
-def tunable(tasks: list[Task]) -> list[Task]:
-    """The tasks worth tuning trials: at least ``MIN_FLOP_SHARE`` of the model's FLOPs."""
-    total = sum(t.flops * t.weight for t in tasks)
-    return [t for t in tasks if t.flops * t.weight >= MIN_FLOP_SHARE * total]
-
-
-def default_kernel(task: Task, target: tvm.target.Target) -> tirx.PrimFunc:
-    """The kernel as the project's default rules schedule it (on a copy: the pass updates its input)."""
-    with target:
-        return ApplyDefaultSchedules()(tvm.IRModule({"main": task.mod["main"]}))["main"]
-
-
-def random_args(func: tirx.PrimFunc) -> list[tvm.runtime.Tensor]:
-    """Random tensors for every buffer parameter (inputs and outputs) of ``func``."""
-    rng = np.random.default_rng(0)
-    return [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)) for p in func.params]
-
-
-def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> dict[str, float]:
-    """Seconds per call of each version of one kernel, timed alone on the same random inputs in the
-    current thread pool: minimum over ``RACE_ROUNDS`` alternating rounds, so a burst of load from the
-    neighbours cannot decide the race."""
-    libs = {label: tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
-            for label, f in funcs.items()}
-    args = random_args(next(iter(funcs.values())))
-    best = dict.fromkeys(funcs, math.inf)
-    for _ in range(RACE_ROUNDS):
-        for label, lib in libs.items():
-            evaluator = lib.time_evaluator("main", tvm.cpu(), repeat=RACE_REPEATS, min_repeat_ms=RACE_MIN_REPEAT_MS)
-            best[label] = min(best[label], min(evaluator(*args).results))
-    return best
-
-
 def database_dir(root: Path, name: str) -> Path:
     return root / f"{name}-dense"
 
 
-def open_database(work_dir: Path) -> ms.database.JSONDatabase:
-    return ms.database.JSONDatabase(work_dir=str(work_dir))
-
-
-def valid_records(database: ms.database.Database, task: Task) -> int:
-    """Successfully measured candidates of ``task`` in the database (0 when the workload is new)."""
-    if not database.has_workload(task.mod):
-        return 0
-    return len(database.get_top_k(database.commit_workload(task.mod), 1 << 30))
-
-
 # ---------------------------------------------------------------------------------------------- tuning
-
-def allocate(costs: list[float], trials: int) -> list[int]:
-    """Trials per task for ``costs`` sorted in decreasing order: one iteration each while the budget
-    lasts, the remaining iterations in proportion to the costs (largest remainders round up)."""
-    iters = trials // TRIALS_PER_ITER
-    alloc = [1 if i < iters else 0 for i in range(len(costs))]
-    extra = max(0, iters - len(costs))
-    quota = [c / sum(costs) * extra for c in costs]
-    share = [int(q) for q in quota]
-    for i in sorted(range(len(costs)), key=lambda i: share[i] - quota[i])[: extra - sum(share)]:
-        share[i] += 1
-    return [TRIALS_PER_ITER * (a + s) for a, s in zip(alloc, share)]
-
-
-def tune_context(task: Task, target: tvm.target.Target, log_dir: Path, threads: int) -> ms.TuneContext:
-    """A meta-schedule task named after the kernel (so the logs say which kernel they are about)."""
-    logger = ms.logging.get_loggers_from_work_dir(str(log_dir), [task.name])[0]
-    return ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
-                          search_strategy="evolutionary", task_name=task.name, logger=logger, rand_state=SEED,
-                          num_threads=threads).clone()
-
-
-@derived_object
-class SaveWallTime(ms.measure_callback.PyMeasureCallback):
-    """After every measured batch, add the time since the previous one to the tuning state file: a run
-    killed at any point still reports the time it spent up to its last measured batch."""
-
-    def __init__(self, state: dict, path: Path) -> None:
-        self.state, self.path, self.last = state, path, time.perf_counter()
-
-    def apply(self, *_batch) -> None:
-        now = time.perf_counter()
-        self.state["wall_seconds"] += now - self.last
-        self.last = now
-        self.path.write_text(json.dumps(self.state, indent=1))
-
-
-def tune_task(task: Task, trials: int, database: ms.database.Database, target: tvm.target.Target,
-              cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
-    """Run ``trials`` measured trials on one kernel; the database keeps every measured batch."""
-    ms.tune_tasks(
-        tasks=[tune_context(task, target, log_dir, threads)], task_weights=[float(task.weight)],
-        work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
-        builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120),
-        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-            number=5, repeat=1, min_repeat_ms=20)),
-        database=database, cost_model=cost_model,
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
-
 
 def tune_model(name: str, trials: int, threads: int, root: Path) -> None:
     """Tune the dense model's tunable kernels with ``trials`` in all, resuming from the database: a task
-    that already has its share of valid records is skipped. ``tuning.json`` accumulates the run's wall
-    time (model preparation included) after every measured batch."""
-    work_dir = database_dir(root, name)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    state_path = work_dir / STATE_FILE
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"wall_seconds": 0.0}
-    clock = SaveWallTime(state, state_path)
+    that already has its share of valid records is skipped."""
     target = host_target(threads)
     dense_model, _, shape = make_models(name)
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = tunable(kernel_tasks(prepare(import_module(dense_model, shape, Path(tmp)).mod, target)))
-    budget = allocate([t.flops * t.weight for t in tasks], trials)
-    state.update(model=name, trials=trials, threads=threads, target=str(target), trials_per_iter=TRIALS_PER_ITER,
-                 tasks={t.name: {"weight": t.weight, "flops": t.flops, "trials": n} for t, n in zip(tasks, budget)})
-    state_path.write_text(json.dumps(state, indent=1))
-    database = open_database(work_dir)
-    cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
-    log_dir = Path(tempfile.gettempdir()) / f"tuned_baseline-logs-{name}"
-    for task, n in zip(tasks, budget):
-        missing = n - valid_records(database, task)
-        print(f"  {task.name} x{task.weight}: {n} trials, {max(0, missing)} to run", flush=True)
-        if missing > 0:
-            tune_task(task, missing, database, target, cost_model, clock, log_dir, threads)
-    print(f"{name}: {len(database)} records, {state['wall_seconds']:.0f} s of tuning", flush=True)
+        tasks = tunable(kernel_tasks(prepare(import_model(dense_model, shape, Path(tmp)).mod, target)))
+    budget = allocate([t.cost for t in tasks], trials)
+    state = dict(model=name, trials=trials, threads=threads, target=str(target))
+    database = tune_tasks_resumable(tasks, budget, database_dir(root, name), target, threads, state)
+    wall = json.loads((database_dir(root, name) / STATE_FILE).read_text())["wall_seconds"]
+    print(f"{name}: {len(database)} records, {wall:.0f} s of tuning", flush=True)
 
 
 # ---------------------------------------------------------------------------------------- measuring
 
-def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target
-                ) -> tuple[tvm.IRModule, list[Race], int]:
-    """Install, in every kernel of the prepared module that is not scheduled yet (the unified kernels
-    are), the faster of the database's best record and the default schedule; kernels without a record
-    get the default. Returns the module, the races run and the number of distinct kernels."""
-    races = []
-    tasks = kernel_tasks(mod)
-    for task in tasks:
-        if int(mod[task.gvars[0]].attrs.get(SCHEDULED, 0)):
-            continue
-        versions = {"default": default_kernel(task, target)}
-        schedule = database.query_schedule(task.mod, target, "main")
-        if schedule is not None:
-            versions["tuned"] = schedule.mod["main"]
-            seconds = kernel_seconds(versions, target)
-            race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task))
-            races.append(race)
-            print(f"    {task.name}: default {race.default * 1e6:.1f} us, tuned {race.tuned * 1e6:.1f} us "
-                  f"({race.records} records): keep {race.winner}", flush=True)
-            best = versions[race.winner]
-        else:
-            best = versions["default"]
-        for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
-            mod[gvar] = best.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})
-    return mod, races, len(tasks)
-
-
-def tuning_summary(work_dir: Path, database: ms.database.Database) -> dict:
+def tuning_summary(work_dir: Path, database) -> dict:
     """The tuning state file plus the number of measured records the database holds."""
     state = json.loads((work_dir / STATE_FILE).read_text())
     return {**state, "records": len(database)}
@@ -409,13 +201,14 @@ def build_variants(dense_model: nn.Module, unified_model: nn.Module, shape: tupl
     database = open_database(work_dir)
     result.tuning = tuning_summary(work_dir, database)
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    dense_mod = import_module(dense_model, shape, tmp).mod
-    unified_imported = import_module(unified_model, shape, tmp)
+    dense_mod = import_model(dense_model, shape, tmp).mod
+    unified_imported = import_model(unified_model, shape, tmp)
     unified_mod, _ = lower_unified(unified_imported, "fp32", tasks=preset.cores)
 
     def tuned(mod: tvm.IRModule) -> tuple[tvm.runtime.Executable, list[Race], int]:
         """``mod`` prepared, keep-the-better installed, built; with its races and kernel count."""
-        prepared, races, kernels = keep_better(prepare(mod, target), database, target)
+        prepared, races, kernels = keep_better(prepare(mod, target), database, target,
+                                               log=lambda m: print(m, flush=True))
         with target:
             return tvm.compile(ApplyDefaultSchedules()(prepared), target=target), races, kernels
 

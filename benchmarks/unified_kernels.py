@@ -15,31 +15,26 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the projection helper shared with the tests
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import tvm  # noqa: E402
-from torch import nn  # noqa: E402
-from tvm import relax  # noqa: E402
+import numpy as np
+import torch
+import tvm
+from torch import nn
+from tvm import relax
 
-from tvm_unify.models.calibration import calibrate_batchnorm  # noqa: E402
-from tvm_unify.compiler import lower_unified  # noqa: E402
-from tvm_unify.pipeline import build, codegen_target  # noqa: E402
-from tvm_unify.frontend import import_torchscript  # noqa: E402
-from tvm_unify.models import get_builtin  # noqa: E402
-from tvm_unify.pipeline import schedule_default  # noqa: E402
-from tvm_unify.targets import load_target  # noqa: E402
-from tvm_unify.torchscript import save_torchscript  # noqa: E402
-from unified_weights import unify_model  # noqa: E402
+from tvm_unify.models.calibration import calibrate_batchnorm
+from tvm_unify.compiler import lower_unified
+from tvm_unify.pipeline import build, codegen_target
+from tvm_unify.models import get_builtin
+from tvm_unify.pipeline import schedule_default
+from tvm_unify.targets import load_target
+from tvm_unify.testing import import_model, torch_seconds, unify_model
 
 BLOCK = (4, 4)
 BREAKDOWN_SPARSITY = 0.75
@@ -55,17 +50,6 @@ class Row:
     name: str
     times: dict[str, float] = field(default_factory=dict)  # variant -> seconds
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def min_time(fn: Callable[[], None], rounds: int, number: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
 
 
 class Compiled:
@@ -90,32 +74,11 @@ class Compiled:
             return path.stat().st_size
 
 
-def import_module(model: nn.Module, input_shape: tuple[int, ...], tmp: Path):
-    path = tmp / "m.pt"
-    save_torchscript(model, path, input_shape)
-    return import_torchscript(path)
-
-
-def torch_seconds(model: nn.Module, x: np.ndarray, samples: int, threads: int) -> float:
-    """Minimum over single calls, with the better of 1 and ``threads`` threads: on a loaded 2-core host
-    an OpenMP barrier that loses its core costs a whole scheduler slice, so PyTorch's means (even its
-    medians) measure the neighbours, and one thread is sometimes faster than two."""
-    xt = torch.from_numpy(x)
-    best = float("inf")
-    with torch.no_grad():
-        for n in sorted({1, threads}):
-            torch.set_num_threads(n)
-            model(xt)
-            best = min(best, min_time(lambda: model(xt), samples, 1))
-    torch.set_num_threads(threads)
-    return best
-
-
 def compare(model: nn.Module, input_shape: tuple[int, ...], tmp: Path, rounds: int,
             modes=("fp32", "int8"), dense: Compiled | None = None
             ) -> tuple[dict[str, float], dict[str, Compiled], list]:
     """Times of torch, dense TVM and unified TVM (each mode) for one model, interleaved."""
-    imported = import_module(model, input_shape, tmp)
+    imported = import_model(model, input_shape, tmp)
     x = np.random.default_rng(0).standard_normal(input_shape).astype("float32")
     builds = {"dense TVM": dense or Compiled(imported.mod, x)}
     report = []
@@ -164,7 +127,7 @@ def model_rows(tmp: Path, rounds: int, sparsities: list[float],
         builtin = get_builtin(name)
         dense_model = calibrate_batchnorm(builtin.factory(), builtin.input_shape)
         x = np.random.default_rng(0).standard_normal(builtin.input_shape).astype("float32")
-        dense_build = Compiled(import_module(dense_model, builtin.input_shape, tmp).mod, x)
+        dense_build = Compiled(import_model(dense_model, builtin.input_shape, tmp).mod, x)
         dense_so = dense_build.so_bytes()
         for sparsity in sparsities:
             model = calibrate_batchnorm(builtin.factory(), builtin.input_shape)
@@ -172,7 +135,7 @@ def model_rows(tmp: Path, rounds: int, sparsities: list[float],
             model = calibrate_batchnorm(model, builtin.input_shape)
             times, builds, report = compare(model, builtin.input_shape, tmp, rounds, dense=dense_build)
             if sparsity == BREAKDOWN_SPARSITY:
-                imported = import_module(model, builtin.input_shape, tmp)
+                imported = import_model(model, builtin.input_shape, tmp)
                 breakdowns[name] = {"dense TVM": kernel_breakdown(imported.mod, rounds),
                                     "unified fp32": kernel_breakdown(
                                         lower_unified(imported, "fp32", tasks=load_target("host").cores)[0], rounds)}

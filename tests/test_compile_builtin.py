@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import assert_matches, torch_reference
+from tvm_unify.testing import assert_matches, torch_reference
 from tvm_unify.compiler import compile_model
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.runtime.local import library_arch, run_local

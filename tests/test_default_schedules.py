@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import relax
 
-from helpers import assert_matches
+from tvm_unify.testing import assert_matches
 from tvm_unify.pipeline import codegen_target
 from tvm_unify.pipeline import schedule_default
 from tvm_unify.schedule import RULE_ATTR

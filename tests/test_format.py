@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from tvm_unify.errors import UserError
 from tvm_unify.format import BlockSpec, analyze, decode, specs_from_metadata, to_matrix, verify
-from unified_weights import project
+from tvm_unify.testing import project
 
 BLOCKS = [(1, 2), (2, 1), (1, 4), (4, 1), (2, 2), (4, 4), (1, 8), (8, 1), (2, 4)]
 

@@ -17,9 +17,9 @@ import tvm
 from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 
-from helpers import assert_matches, torch_reference
-from test_kernels import BLOCKS, HOST, conv_cases
-from test_lower_pass import fake_quant_reference, rounding_sensitivity
+from tvm_unify.testing import assert_matches, torch_reference
+from tvm_unify.testing import BLOCKS, conv_cases
+from tvm_unify.testing import fake_quant_reference, int8_rtol, run_kernel
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
@@ -31,8 +31,8 @@ from tvm_unify.passes import report_table
 from tvm_unify.runtime.local import run_local
 from tvm_unify.torchscript import load_torchscript, save_torchscript
 from tvm_unify.unify.project import FREE, classify_blocks
-from tvm_unify.unify.tiling import from_blocks, to_blocks
-from unified_weights import project
+from tvm_unify.format import from_blocks, to_blocks
+from tvm_unify.testing import project
 
 UNIFIED = [0.0, 0.5, 0.8]  # fraction of kept blocks that are unified; the rest are free
 
@@ -45,18 +45,12 @@ def free_part(weight: np.ndarray, block: tuple[int, int], layout: str = "tap") -
     return from_blocks(blocks * (kinds == FREE)[:, None], tuple(w.shape), block, layout).numpy()
 
 
-def run(func: tvm.tirx.PrimFunc, x: np.ndarray, arrays: list[np.ndarray], out_shape) -> np.ndarray:
-    y = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
-    tvm.compile(func, target=HOST)(*[tvm.runtime.tensor(a) for a in (x, *arrays)], y)
-    return y.numpy()
-
-
 def both_parts(weight: np.ndarray, block, layout: str, make_unified, make_free, x: np.ndarray, out_shape):
     """(free kernel's output, unified + free kernels' output) for a weight with free blocks."""
     enc = verify(weight, BlockSpec(*block, layout, allow_free=True)).encoded
     ell, fell = to_ell(enc), to_free_ell(enc)
-    free = run(make_free(fell), x, [fell.columns, fell.values], out_shape)
-    unified = run(make_unified(ell), x, list(ell.arrays), out_shape)
+    free = run_kernel(make_free(fell), x, fell, out_shape)
+    unified = run_kernel(make_unified(ell), x, ell, out_shape)
     return free, unified + free
 
 
@@ -183,7 +177,7 @@ def test_free_block_layers_are_lowered_and_match(tmp_path, name, mode):
         return
     mixed = [layer for layer, unified in FREE_LAYERS[name].items() if unified > 0]
     split, unified_parts = split_free_blocks(model, mixed)
-    rtol = 1e-3 + 3 * rounding_sensitivity(split, unified_parts, x)
+    rtol = int8_rtol(split, unified_parts, x)
     assert_matches(run_local(so, x), fake_quant_reference(split, unified_parts, x), rtol=rtol)
 
 

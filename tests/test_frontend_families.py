@@ -13,7 +13,7 @@ import tvm
 from torch import Tensor, nn
 from tvm import relax
 
-from helpers import assert_matches, torch_reference
+from tvm_unify.testing import assert_matches, torch_reference
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.pipeline import build
 from tvm_unify.frontend import import_torchscript

@@ -11,8 +11,8 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from helpers import assert_matches, torch_reference
-from test_lower_pass import fake_quant_reference, rounding_sensitivity
+from tvm_unify.testing import assert_matches, torch_reference
+from tvm_unify.testing import fake_quant_reference, int8_rtol
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.compiler import lower_unified
 from tvm_unify.pipeline import codegen_target
@@ -22,7 +22,7 @@ from tvm_unify.passes import FuseUnifiedEpilogue
 from tvm_unify.pipeline import schedule_default
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
-from unified_weights import unify_model
+from tvm_unify.testing import unify_model
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -161,7 +161,7 @@ def test_epilogue_is_fused_and_matches_pytorch(tmp_path, case, mode):
     if mode == "fp32":
         assert_matches(ours, torch_reference(imported, x), rtol=1e-4)
     else:
-        rtol = 1e-3 + 3 * rounding_sensitivity(model, names, x)
+        rtol = int8_rtol(model, names, x)
         assert_matches(ours, fake_quant_reference(model, names, x), rtol=rtol)
     if case == "conv-bn-relu6":
         assert (ours == 6).any() and (ours == 0).any(), "both ReLU6 bounds are exercised"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_matches
-from test_lower_pass import fake_quant_reference, rounding_sensitivity, unified_model
+from tvm_unify.testing import assert_matches
+from tvm_unify.testing import fake_quant_reference, input_abs_max_scales, int8_rtol, unified_model
 from tvm_unify.frontend import calibrate_act_scales
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
@@ -17,26 +17,6 @@ from tvm_unify.frontend import import_torchscript
 from tvm_unify.models import get_builtin
 from tvm_unify.runtime.local import run_local
 from tvm_unify.torchscript import save_torchscript
-
-
-def hooked_scales(model: torch.nn.Module, samples: np.ndarray) -> dict[str, float]:
-    """max|input|/127 of every Conv2d/Linear over ``samples`` (N x input shape), with plain forward hooks."""
-    abs_max: dict[str, float] = {}
-
-    def record(name):
-        return lambda module, inputs: abs_max.__setitem__(name, max(abs_max.get(name, 0.0),
-                                                                    float(inputs[0].abs().max())))
-
-    hooks = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules()
-             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    try:
-        with torch.no_grad():
-            for x in samples:
-                model(torch.from_numpy(x))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: m / 127 for n, m in abs_max.items()}
 
 
 def samples_for(name: str, n: int = 6, seed: int = 3) -> np.ndarray:
@@ -56,7 +36,7 @@ def digits(tmp_path_factory):
 def test_scales_are_input_abs_max_over_samples(digits):
     model, _, _, imported = digits
     samples = samples_for("digits-cnn")
-    expected = hooked_scales(model, samples)
+    expected = input_abs_max_scales(model, None, samples)
     assert len(expected) == 5
     for scales in (calibrate_act_scales(imported, samples),  # traced TorchScript, N x input shape
                    calibrate_act_scales(imported, samples.reshape(-1, 1, 8, 8)),  # stacked along the batch
@@ -71,7 +51,7 @@ def test_mlp_scales_with_batch_of_four():
     model, _ = unified_model("mlp")
     traced = torch.jit.trace(model, torch.zeros(4, 64))
     samples = np.random.default_rng(4).standard_normal((3, 4, 64)).astype("float32")
-    assert calibrate_act_scales(traced, samples) == pytest.approx(hooked_scales(model, samples), rel=1e-6)
+    assert calibrate_act_scales(traced, samples) == pytest.approx(input_abs_max_scales(model, None, samples), rel=1e-6)
 
 
 def test_calibrated_int8_build_matches_static_fake_quant(digits, tmp_path):
@@ -83,7 +63,7 @@ def test_calibrated_int8_build_matches_static_fake_quant(digits, tmp_path):
     x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
     unified = {n: scales[n] for n in names}
     reference = fake_quant_reference(model, names, x, scales=unified)
-    rtol = 1e-3 + 3 * rounding_sensitivity(model, names, x)
+    rtol = int8_rtol(model, names, x)
     assert_matches(run_local(so, x), reference, rtol=rtol)
     assert np.abs(reference - fake_quant_reference(model, names, x)).max() > 1e-4  # static != per-call scales
 

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import tvm
 from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
-from tvm_unify.kernels import Conv2dGeometry, KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
+from tvm_unify.kernels import KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
 from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, lut_bits, row_groups
-from unified_weights import project
-
-HOST = tvm.target.Target({"kind": "llvm"})
-BLOCKS = [(1, 4), (4, 1), (2, 2), (4, 4), (1, 8), (2, 4), (8, 1)]
-
-
-def run_kernel(func, x: np.ndarray, weight, out_shape) -> np.ndarray:
-    lib = tvm.compile(func, target=HOST)
-    y = tvm.runtime.tensor(np.zeros(out_shape, dtype=np.float32))
-    lib(*[tvm.runtime.tensor(a) for a in (x, *weight.arrays)], y)
-    return y.numpy()
-
+from tvm_unify.testing import BLOCKS, conv_cases, project, run_kernel
 
 def check(ours: np.ndarray, ref: np.ndarray, x: np.ndarray, weight: np.ndarray, layout: str, mode: str,
           out_axis: int) -> None:
@@ -39,23 +27,6 @@ def check(ours: np.ndarray, ref: np.ndarray, x: np.ndarray, weight: np.ndarray, 
     shape = [1] * ref.ndim
     shape[out_axis] = -1
     assert (np.abs(ours - ref) <= bound.reshape(shape)).all()
-
-
-@st.composite
-def conv_cases(draw):
-    rows, cols = draw(st.sampled_from(BLOCKS))
-    layout = draw(st.sampled_from(["tap", "flat"]))
-    k = draw(st.sampled_from([1, 3, 5]))
-    channels = cols * draw(st.integers(1, 5))
-    out = rows * draw(st.integers(1, 5))
-    size = draw(st.integers(k, 12))
-    geometry = Conv2dGeometry(
-        batch=draw(st.sampled_from([1, 1, 2])), in_channels=channels, height=size,
-        width=draw(st.integers(k, 12)), out_channels=out, kernel=(k, k),
-        stride=draw(st.sampled_from([(1, 1), (2, 2), (1, 2)])),
-        padding=draw(st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (k // 2,) * 4, (0, 1, 1, 0)])),
-        dilation=draw(st.sampled_from([(1, 1), (1, 1), (2, 1)])))
-    return geometry, (rows, cols), layout, draw(st.sampled_from([0.0, 0.5, 0.75, 0.9])), draw(st.integers(0, 999))
 
 
 def _conv(case, mode, algorithm=None, tasks=4):

@@ -11,8 +11,7 @@ import torch
 import tvm
 from tvm import relax
 
-from helpers import assert_matches, torch_reference
-from tvm_unify.models.calibration import calibrate_batchnorm
+from tvm_unify.testing import assert_matches, torch_reference
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
 from tvm_unify.pipeline import build
@@ -24,49 +23,7 @@ from tvm_unify.passes import LowerUnifiedBlocks
 from tvm_unify.runtime.local import library_arch, run_local
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
-from unified_weights import unify_model
-
-
-def unified_model(name, block=(4, 4), sparsity=0.75, layout="tap"):
-    """A BatchNorm-calibrated built-in with its eligible layers projected to unified blocks."""
-    builtin = get_builtin(name)
-    torch.manual_seed(0)
-    model = calibrate_batchnorm(builtin.factory(), builtin.input_shape)
-    names = unify_model(model, block, sparsity, layout)
-    return calibrate_batchnorm(model, builtin.input_shape), names  # re-fit BN to the projected weights
-
-
-def fake_quant_reference(model, names, x, jitter=0.0, scales=None):
-    """PyTorch output with each unified layer's input quantized per tensor exactly as the int8 kernels do
-    (scale max|x|/127, round(x * (1/scale)), clamp to +-127), so the int8 build is checked tightly.
-    ``jitter`` first perturbs those inputs by that relative amount (float32 rounding is ~6e-8); ``scales``
-    (module path -> scale) replaces the per-call max|x|/127 by given activation scales."""
-    generator = torch.Generator().manual_seed(0)
-
-    def quantize(module, inputs):
-        (a,) = inputs
-        a = a * (1 + jitter * torch.randn(a.shape, generator=generator))
-        scale = scales[paths[module]] if scales else a.abs().max().clamp_min(1e-30) / 127
-        return (torch.clamp(torch.round(a * (1 / scale)), -127, 127) * scale,)
-
-    modules = dict(model.named_modules())
-    paths = {modules[n]: n for n in names}
-    hooks = [modules[n].register_forward_pre_hook(quantize) for n in names]
-    try:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def rounding_sensitivity(model, names, x) -> float:
-    """How far the int8 reference moves (relative to its scale) when its quantized inputs are perturbed at
-    float32-rounding level: a rounding decision that flips moves one activation a whole step, and a
-    deep untrained net can amplify a few such flips to ~10% of its output (MobileNetV2 here)."""
-    ref = fake_quant_reference(model, names, x)
-    moved = fake_quant_reference(model, names, x, jitter=1e-7)
-    return float(np.abs(moved - ref).max() / np.abs(ref).max())
+from tvm_unify.testing import fake_quant_reference, input_abs_max_scales, int8_rtol, unified_model, unify_model
 
 
 def unified_pt(tmp_path, name, block=(4, 4), sparsity=0.75, layout="tap", metadata=None):
@@ -77,20 +34,23 @@ def unified_pt(tmp_path, name, block=(4, 4), sparsity=0.75, layout="tap", metada
     return path, names
 
 
-def compile_and_compare(tmp_path, name, mode="fp32", **unify):
-    """Unify, save, compile and run ``name``; compare with PyTorch (fake-quantized for int8)."""
+def compile_and_compare(tmp_path, name, mode="fp32", calibrate=False, **unify):
+    """Unify, save, compile and run ``name``; compare with PyTorch (fake-quantized for int8: per-call
+    activation scales, or with ``calibrate`` static scales from sample inputs, as deployments use)."""
     model, names = unified_model(name, **unify)
     path = tmp_path / f"{name}.pt"
     save_torchscript(model, path, get_builtin(name).input_shape)
     imported = import_torchscript(path)
+    samples = np.random.default_rng(7).standard_normal((8, *imported.input_shape)).astype("float32")
     so = tmp_path / f"{name}-{mode}.so"
-    result = compile_model(imported, "host", so, mode=mode)
+    result = compile_model(imported, "host", so, mode=mode, calibration=samples if calibrate else None)
     x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
     if mode == "fp32":
         assert_matches(run_local(so, x), torch_reference(imported, x), rtol=1e-4)
     else:
-        rtol = 1e-3 + 3 * rounding_sensitivity(model, names, x)
-        assert_matches(run_local(so, x), fake_quant_reference(model, names, x), rtol=rtol)
+        scales = input_abs_max_scales(model, names, samples) if calibrate else None
+        rtol = int8_rtol(model, names, x, scales)
+        assert_matches(run_local(so, x), fake_quant_reference(model, names, x, scales=scales), rtol=rtol)
     assert {e.layer for e in result.report if e.lowered} == set(names)
     return result.report, names
 
@@ -166,7 +126,7 @@ def test_cli_compile_prints_report(tmp_path, capsys):
 @pytest.mark.parametrize("name, mode", [("resnet18", "fp32"), ("resnet18", "int8"), ("mobilenetv2", "fp32"),
                                         ("mobilenetv2", "int8"), ("resnet18-224", "fp32"), ("mobilenetv2-224", "fp32")])
 def test_unified_builtin_end_to_end(tmp_path, name, mode):
-    compile_and_compare(tmp_path, name, mode)
+    compile_and_compare(tmp_path, name, mode, calibrate=mode == "int8")
 
 
 @pytest.mark.parametrize("mode", ["fp32", "int8"])

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import assert_matches, torch_reference
+from tvm_unify.testing import assert_matches, torch_reference
 from rpc_servers import cli_error, save_npy, start_host_servers, start_tracker
 from tvm_unify.runtime.bench import BenchOptions, bench_one
 from tvm_unify.cli import main

@@ -81,22 +81,6 @@ def to_free_ell(enc: UnifiedWeight) -> FreeEll:
     return FreeEll(rows, cols, columns, values, count)
 
 
-def to_free_ell(enc: UnifiedWeight) -> FreeEll:
-    """Pad the free BSR part of ``enc`` to equal-length block rows."""
-    rows, cols = enc.spec.shape
-    nbr = enc.grid[0]
-    count = int(enc.free_indices.size)
-    counts = np.diff(enc.free_indptr)
-    width = max(int(counts.max(initial=0)), 1)
-    slot = np.arange(count) - np.repeat(enc.free_indptr[:-1], counts)
-    row = np.repeat(np.arange(nbr), counts)
-    columns = np.zeros((nbr, width), dtype=np.int32)
-    values = np.zeros((nbr, width, rows, cols), dtype=np.float32)
-    columns[row, slot] = enc.free_indices
-    values[row, slot] = enc.free_values
-    return FreeEll(rows, cols, columns, values, count)
-
-
 # Vectors of pixels per task and output row: 2 * rows independent FMA chains per task hide the FMA
 # latency (with one, a 4x4 block's 4 chains were latency bound).
 VECTORS_PER_TASK = 2

@@ -1,7 +1,7 @@
 """BatchNorm calibration: give an untrained net realistic activations without training it.
 
 Raw random-init deep nets shrink their activations towards denormals and collapse to the classifier
-bias, so a wrong kernel would still "match" PyTorch (design.md, Measuring). Re-estimating every
+bias, so a wrong kernel would still "match" PyTorch (docs/design.md, Measuring). Re-estimating every
 BatchNorm's statistics on random batches and zeroing the final bias keeps outputs input-dependent.
 """
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "third_party" / "tvm_opencl_runtime"
+# third_party/tvm_opencl_runtime, linked into the package so that a wheel ships it too
+SOURCE_DIR = Path(__file__).resolve().parent / "opencl_sources"
 SOURCES = ("src/backend/opencl/runtime/opencl_device_api.cc", "src/backend/opencl/runtime/opencl_module.cc")
 LIB_NAME = "libtvm_runtime_opencl.so"
 # TVM's own flags for runtime objects (CMakeLists.txt: C++20, -O2, hidden visibility, export macros).

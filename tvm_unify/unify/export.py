@@ -36,7 +36,7 @@ The spec travels in the TorchScript file's ``_extra_files["tvm_unify.json"]`` (`
       }
     }
 
-Block order and the ``tap``/``flat`` views are defined in ``tiling.py``; a unified block holds
+Block order and the ``tap``/``flat`` views are defined in ``format.py``; a unified block holds
 ``±s`` (same magnitude, bit for bit), a pruned one ``+0.0``, a free one anything. The compiler should
 still verify every block itself.
 """
@@ -61,7 +61,7 @@ POINTER_BITS = 32
 
 
 def storage_bits(counts: dict[str, int], spec: LayerSpec, weight_shape: tuple[int, ...]) -> int:
-    """Bits of the compressed format (design.md): BSR over blocks with unified payloads.
+    """Bits of the compressed format (docs/design.md): BSR over blocks with unified payloads.
 
     A unified block costs one fp32 scale plus one sign bit per weight (``32 + n``), a free block
     ``32n``, a pruned block nothing; every stored block also costs its column index (16 bits, 32 if

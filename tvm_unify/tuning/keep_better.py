@@ -1,0 +1,95 @@
+"""Keep-the-better: per kernel, whichever is faster of the database's best record and the default
+schedule, each timed alone on the same random inputs, so tuning can never make a kernel slower."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import tirx
+from tvm.s_tir import meta_schedule as ms
+
+from ..schedule import SCHEDULED, ApplyDefaultSchedules
+from .tasks import kernel_tasks
+from .tune import valid_records
+
+RACE_ROUNDS = 3  # alternating timing rounds per kernel race (min over all of them)
+RACE_REPEATS = 5
+RACE_MIN_REPEAT_MS = 10
+
+
+@dataclass
+class Race:
+    """Per-kernel outcome of keep-the-better: seconds per call of the default schedule and of the best
+    database record, and how many valid records the database holds for the kernel."""
+
+    task: str
+    weight: int
+    default: float
+    tuned: float
+    records: int
+
+    @property
+    def best(self) -> float:
+        return min(self.default, self.tuned)
+
+    @property
+    def winner(self) -> str:
+        return "tuned" if self.tuned < self.default else "default"
+
+
+def default_kernel(task_mod: tvm.IRModule, target: tvm.target.Target) -> tirx.PrimFunc:
+    """The kernel as the project's default rules schedule it (on a copy: the pass updates its input)."""
+    with target:
+        return ApplyDefaultSchedules()(tvm.IRModule({"main": task_mod["main"]}))["main"]
+
+
+def _random_args(func: tirx.PrimFunc) -> list[tvm.runtime.Tensor]:
+    """Random tensors for every buffer parameter (inputs and outputs) of ``func``."""
+    rng = np.random.default_rng(0)
+    return [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)) for p in func.params]
+
+
+def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> dict[str, float]:
+    """Seconds per call of each version of one kernel, timed alone on the same random inputs in the
+    current thread pool: minimum over ``RACE_ROUNDS`` alternating rounds, so a burst of load from
+    other processes cannot decide the race."""
+    libs = {label: tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
+            for label, f in funcs.items()}
+    args = _random_args(next(iter(funcs.values())))
+    best = dict.fromkeys(funcs, math.inf)
+    for _ in range(RACE_ROUNDS):
+        for label, lib in libs.items():
+            evaluator = lib.time_evaluator("main", tvm.cpu(), repeat=RACE_REPEATS, min_repeat_ms=RACE_MIN_REPEAT_MS)
+            best[label] = min(best[label], min(evaluator(*args).results))
+    return best
+
+
+def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target,
+                log: Callable[[str], None] = print) -> tuple[tvm.IRModule, list[Race], int]:
+    """Install, in every kernel of the prepared module that is not scheduled yet (the unified kernels
+    are), the faster of the database's best record and the default schedule; kernels without a record
+    get the default. Returns the module, the races run and the number of distinct kernels."""
+    races = []
+    tasks = kernel_tasks(mod)
+    for task in tasks:
+        if int(mod[task.gvars[0]].attrs.get(SCHEDULED, 0)):
+            continue
+        versions = {"default": default_kernel(task.mod, target)}
+        schedule = database.query_schedule(task.mod, target, "main")
+        if schedule is not None:
+            versions["tuned"] = schedule.mod["main"]
+            seconds = kernel_seconds(versions, target)
+            race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task))
+            races.append(race)
+            log(f"    {task.name}: default {race.default * 1e6:.1f} us, tuned {race.tuned * 1e6:.1f} us "
+                f"({race.records} records): keep {race.winner}")
+            best = versions[race.winner]
+        else:
+            best = versions["default"]
+        for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
+            mod[gvar] = best.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})
+    return mod, races, len(tasks)

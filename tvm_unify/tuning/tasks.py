@@ -1,0 +1,68 @@
+"""Tuning tasks: the distinct kernels of a prepared (legalized, fused) module, weighted by how often the
+model calls them, in the normalized form meta-schedule keys its database by."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import tvm
+import tvm_ffi
+from tvm import relax, tirx
+from tvm.s_tir.analysis import estimate_tir_flops
+
+MIN_FLOP_SHARE = 1e-3  # kernels below 0.1% of the model's FLOPs (reshape, mean, classifier) are not tuned
+NORMALIZE = tvm.get_global_func("tvm.s_tir.meta_schedule.normalize_mod")  # meta-schedule's workload form
+
+
+@dataclass
+class Task:
+    """One distinct kernel of a prepared module.
+
+    ``mod`` is the kernel normalized the way meta-schedule normalizes workloads, so tuning commits and
+    compiling queries the same database key; ``gvars`` are the module's functions that are this kernel,
+    ``weight`` the number of calls to them in ``main``.
+    """
+
+    name: str
+    mod: tvm.IRModule
+    flops: float
+    gvars: list[tvm.ir.GlobalVar] = field(default_factory=list)
+    weight: int = 0
+
+    @property
+    def cost(self) -> float:
+        """Expected share of the model's work: FLOPs x occurrences."""
+        return self.flops * self.weight
+
+
+def call_counts(mod: tvm.IRModule) -> Counter[str]:
+    """How many times ``main`` calls each PrimFunc (by name)."""
+    calls: Counter[str] = Counter()
+
+    def visit(expr: relax.Expr) -> None:
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.call_tir":
+            calls[expr.args[0].name_hint] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return calls
+
+
+def kernel_tasks(mod: tvm.IRModule) -> list[Task]:
+    """The distinct PrimFuncs of a prepared module, heaviest (FLOPs x occurrences) first."""
+    calls = call_counts(mod)
+    tasks: dict[tvm_ffi.StructuralKey, Task] = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            task_mod = NORMALIZE(func)
+            task = tasks.setdefault(tvm_ffi.StructuralKey(task_mod),
+                                    Task(gvar.name_hint, task_mod, estimate_tir_flops(task_mod)))
+            task.gvars.append(gvar)
+            task.weight += calls[gvar.name_hint]
+    return sorted(tasks.values(), key=lambda t: (-t.cost, t.name))
+
+
+def tunable(tasks: list[Task]) -> list[Task]:
+    """The tasks worth tuning trials: at least ``MIN_FLOP_SHARE`` of the model's FLOPs."""
+    total = sum(t.cost for t in tasks)
+    return [t for t in tasks if t.cost >= MIN_FLOP_SHARE * total]

@@ -1,0 +1,93 @@
+"""Tuning with meta-schedule's evolutionary search and XGBoost cost model, resumable: every measured
+batch is committed to a JSON database (and the wall time to a state file beside it), so a killed run
+keeps what it measured and a re-run tunes only what a task still lacks."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from .budget import TRIALS_PER_ITER
+from .tasks import Task
+
+STATE_FILE = "tuning.json"  # budget, per-task trials and wall time of the tuning runs, next to the database
+SEED = 1  # fixed, for repeatable searches; in the range meta-schedule's own fork_seed draws from (>= 1)
+
+
+def open_database(work_dir: Path) -> ms.database.JSONDatabase:
+    """The JSON database in ``work_dir`` (created if missing)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(work_dir))
+
+
+def valid_records(database: ms.database.Database, task: Task) -> int:
+    """Successfully measured candidates of ``task`` in the database (0 when the workload is new)."""
+    if not database.has_workload(task.mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(task.mod), 1 << 30))
+
+
+def _tune_context(task: Task, target: tvm.target.Target, log_dir: Path, threads: int) -> ms.TuneContext:
+    """A meta-schedule task named after the kernel (so the logs say which kernel they are about)."""
+    logger = ms.logging.get_loggers_from_work_dir(str(log_dir), [task.name])[0]
+    return ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
+                          search_strategy="evolutionary", task_name=task.name, logger=logger, rand_state=SEED,
+                          num_threads=threads).clone()
+
+
+@derived_object
+class SaveWallTime(ms.measure_callback.PyMeasureCallback):
+    """After every measured batch, add the time since the previous one to the tuning state file: a run
+    killed at any point still reports the time it spent up to its last measured batch."""
+
+    def __init__(self, state: dict, path: Path) -> None:
+        self.state, self.path, self.last = state, path, time.perf_counter()
+
+    def apply(self, *_batch) -> None:
+        now = time.perf_counter()
+        self.state["wall_seconds"] += now - self.last
+        self.last = now
+        self.path.write_text(json.dumps(self.state, indent=1))
+
+
+def _tune_task(task: Task, trials: int, database: ms.database.Database, target: tvm.target.Target,
+               cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
+    """Run ``trials`` measured trials on one kernel; the database keeps every measured batch."""
+    ms.tune_tasks(
+        tasks=[_tune_context(task, target, log_dir, threads)], task_weights=[float(task.weight)],
+        work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
+        builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120),
+        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+            number=5, repeat=1, min_repeat_ms=20)),
+        database=database, cost_model=cost_model,
+        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
+
+
+def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, target: tvm.target.Target,
+                         threads: int, state: dict | None = None,
+                         log: Callable[[str], None] = print) -> ms.database.JSONDatabase:
+    """Give each task its ``budget`` of valid records in the database at ``work_dir``, tuning only what
+    is missing; ``state`` (e.g. the model and budget) is merged into the state file, which accumulates
+    the wall time after every measured batch."""
+    database = open_database(work_dir)
+    state_path = work_dir / STATE_FILE
+    saved = json.loads(state_path.read_text()) if state_path.exists() else {"wall_seconds": 0.0}
+    saved.update(state or {}, trials_per_iter=TRIALS_PER_ITER,
+                 tasks={t.name: {"weight": t.weight, "flops": t.flops, "trials": n} for t, n in zip(tasks, budget)})
+    state_path.write_text(json.dumps(saved, indent=1))
+    clock = SaveWallTime(saved, state_path)
+    cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
+    log_dir = Path(tempfile.mkdtemp(prefix="tvm-unify-tuning-logs-"))
+    for task, n in zip(tasks, budget):
+        missing = n - valid_records(database, task)
+        log(f"  {task.name} x{task.weight}: {n} trials, {max(0, missing)} to run")
+        if missing > 0:
+            _tune_task(task, missing, database, target, cost_model, clock, log_dir, threads)
+    return database
