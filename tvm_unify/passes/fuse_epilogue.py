@@ -4,8 +4,8 @@ memory instead of one per op.
 
 Why our own fusion: the unified kernels are hand-scheduled and kept opaque to FuseOps
 (``passes/keep_scheduled_opaque.py``), and FuseTIR could only append the epilogue as a second loop nest over the
-output in memory. Instead the kernel is regenerated from its recipe (``kernels/recipe.py``) with
-the epilogue applied in registers.
+output in memory. Instead the kernel (CPU or OpenCL: ``unified.regenerate``, ``gpu.regenerate_gpu``) is
+regenerated from its recipe (``kernels/recipe.py``) with the epilogue applied in registers.
 
 Matched, inside one dataflow block: a ``call_tir`` to a unified kernel, then a chain of bindings each of
 which is the only use of the previous value (a value used twice, or outside the block, ends the chain
@@ -34,6 +34,7 @@ from tvm import relax
 from tvm.ir.transform import PassContext, module_pass
 
 from ..kernels import AddTensor, Affine, Clip, Step, fold_epilogue, recipe_of, regenerate
+from ..kernels.gpu import is_gpu_recipe, regenerate_gpu
 from .shapes import static_tensor_shape
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
@@ -210,7 +211,8 @@ class FuseUnifiedEpilogue:
         """``head``'s call with its kernel regenerated to apply ``steps`` (folded) at its store."""
         gvar, args = head.value.args[0], list(head.value.args[1].fields)
         steps = fold_epilogue(steps)
-        kernel = regenerate(recipe, [args[i].value.numpy() for i in recipe["ell_args"]], steps)
+        kernel = (regenerate_gpu if is_gpu_recipe(recipe) else regenerate)(
+            recipe, [args[i].value.numpy() for i in recipe["ell_args"]], steps)
         fused = builder.add_func(kernel.without_attr("global_symbol"), f"{gvar.name_hint}_fused")
         self.fused.append((gvar.name_hint, tuple(step.describe() for step in steps)))
         operands = [relax.const(o) if isinstance(o, np.ndarray) else o for step in steps for o in step.operands()]

@@ -26,10 +26,12 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
+from ..errors import UserError
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, KernelOptions, LutWeight,
                        cpu_features, free_conv2d, free_dense, kernel_weight, target_options, to_ell, to_free_ell,
                        unified_conv2d, unified_dense)
+from ..kernels.gpu import GpuLimits, gpu_conv2d, gpu_dense, gpu_free_conv2d, gpu_free_dense, is_gpu_target
 from .report import LayerReport
 from .shapes import static_tensor_shape
 
@@ -72,8 +74,8 @@ class LowerUnifiedBlocks:
     ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
     path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
     task count of the table-lookup kernels (the target device's cores), ``target`` the codegen target
-    the kernels are generated for (None: generic CPU kernels). After the pass has run, ``report`` lists
-    every conv2d/linear layer it saw.
+    the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the fp32 GPU kernels
+    of ``kernels/gpu.py``). After the pass has run, ``report`` lists every conv2d/linear layer it saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
@@ -89,6 +91,9 @@ class LowerUnifiedBlocks:
         self.lanes = lanes
         self.tasks = tasks
         self.target = target
+        self.gpu = GpuLimits.of(target) if is_gpu_target(target) else None
+        if self.gpu is not None and mode != "fp32":
+            raise UserError(f"{mode} unified kernels run on CPUs only: build for {target.kind.name} with --mode fp32")
         self.report: list[LayerReport] = []
         self.x = wildcard()
         self.weight = is_const()
@@ -161,8 +166,12 @@ class LowerUnifiedBlocks:
             entry.bytes_after += weight.nbytes
         if has_free:
             ell = to_free_ell(enc)
-            func = (free_conv2d(dims, ell, enc.spec.layout, self.lanes) if entry.op == "conv2d"
-                    else free_dense(*dims, ell, self.lanes))
+            if self.gpu is not None:
+                func = (gpu_free_conv2d(dims, ell, enc.spec.layout, self.gpu) if entry.op == "conv2d"
+                        else gpu_free_dense(*dims, ell, self.gpu))
+            else:
+                func = (free_conv2d(dims, ell, enc.spec.layout, self.lanes) if entry.op == "conv2d"
+                        else free_dense(*dims, ell, self.lanes))
             kernels.append(Kernel(func, f"free_{entry.op}", ell.arrays))
             entry.free_blocks, entry.free_padding = ell.count, ell.padding
             entry.bytes_after += ell.nbytes
@@ -172,15 +181,26 @@ class LowerUnifiedBlocks:
     def _unified_kernel(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight,
                         kernels: list[Kernel]) -> EllWeight | LutWeight:
         """Append the unified blocks' kernel, in the pass's mode, on the weight form its algorithm reads."""
+        if self.gpu is not None:
+            return self._gpu_kernel(entry, dims, enc, kernels)
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         conv = entry.op == "conv2d"
         columns, group = (dims.pixels, dims.out_hw[0] * dims.out_hw[1]) if conv else (dims[0], dims[0])
+        row = dims.out_hw[1] if conv and not dims.reads_input_in_place else None  # a gathered conv's rows
         options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
-                                 cpu_features(self.target), enc.spec.shape, columns, group)
+                                 cpu_features(self.target), enc.spec.shape, columns, group, row)
         weight = kernel_weight(to_ell(enc), self.mode, columns, options.algorithm)
         func = (unified_conv2d(dims, weight, enc.spec.layout, options) if conv
                 else unified_dense(*dims, weight, options))
         kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
+        return weight
+
+    def _gpu_kernel(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight, kernels: list[Kernel]) -> EllWeight:
+        """Append the unified blocks' OpenCL kernel (``kernels/gpu.py``, fp32), which reads the ``EllWeight``."""
+        weight = to_ell(enc)
+        func = (gpu_conv2d(dims, weight, enc.spec.layout, KernelOptions(), self.gpu) if entry.op == "conv2d"
+                else gpu_dense(*dims, weight, KernelOptions(), self.gpu))
+        kernels.append(Kernel(func, f"unified_{entry.op}_gpu", weight.arrays))
         return weight
 
     @staticmethod
