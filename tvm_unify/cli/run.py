@@ -17,7 +17,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     data = load_npy(args.input, "input file")
     on_device = bool(args.rpc or args.tracker or args.key)
-    out = _run_on_device(args, data) if on_device else run_local(args.library, data)
+    if on_device and args.device != "cpu":
+        raise UserError("--device picks a device of this machine: over RPC the device follows the library")
+    out = _run_on_device(args, data) if on_device else run_local(args.library, data, args.device)
     _check_reference(args, out)
     if args.output:
         with atomic_output(args.output, suffix=".npy") as tmp:
@@ -49,7 +51,7 @@ def _check_reference(args: argparse.Namespace, out: np.ndarray) -> None:
     ref = load_reference(args.reference)
     if ref is None:
         return
-    where = args.rpc or args.key or "this machine"
+    where = args.rpc or args.key or ("this machine" if args.device == "cpu" else f"this machine's {args.device}")
     agreement = compare(out, ref, args.rtol, f"{Path(args.library).name} on {where}")
     if not agreement.ok:
         raise UserError(f"output differs from {args.reference}: max abs error {agreement.max_abs_err:.3g} > "
@@ -63,5 +65,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("library", help="shared library from `tvm-unify compile`")
     p.add_argument("--input", required=True, help="input array (.npy)")
     p.add_argument("-o", "--output", help="write the output array here (.npy); default: print it")
+    p.add_argument("--device", choices=["cpu", "opencl"], default="cpu",
+                   help="local device: cpu, or opencl for libraries built for an OpenCL target (e.g. "
+                        "--target opencl; PoCL without a GPU) (default: cpu)")
     add_rpc_options(p, many=False)
     p.set_defaults(func=_cmd_run)

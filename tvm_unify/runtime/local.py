@@ -1,7 +1,9 @@
 """Run an exported library locally with the Relax VM.
 
 Only libraries built for this machine's architecture can load here; for others we say so up front
-instead of letting the dynamic loader fail with an obscure message.
+instead of letting the dynamic loader fail with an obscure message. A library built for an OpenCL
+target runs on this machine's OpenCL device (``device="opencl"``: PoCL's CPU device without a GPU), after
+TVM's OpenCL runtime is loaded (``opencl_setup``), which the wheel lacks.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from tvm import relax
 
 from ..errors import UserError, first_line
 from ..fileio import require_file
+from .opencl_setup import ensure_opencl_runtime
 
 # ELF e_machine values of the architectures we build for.
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
+DEVICES = ("cpu", "opencl")
 
 
 def library_arch(path: str | os.PathLike) -> str:
@@ -30,24 +34,46 @@ def library_arch(path: str | os.PathLike) -> str:
     return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
-def load_local(path: str | os.PathLike) -> relax.VirtualMachine:
-    """Load a host-architecture library into a Relax VM on the local CPU."""
+def local_device(device: str = "cpu") -> tvm.runtime.Device:
+    """This machine's ``cpu`` or first ``opencl`` device (loading TVM's OpenCL runtime for it)."""
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
+    if device == "opencl":
+        ensure_opencl_runtime()
+        return tvm.opencl(0)
+    return tvm.cpu()
+
+
+def load_local(path: str | os.PathLike, device: str = "cpu") -> relax.VirtualMachine:
+    """Load a host-architecture library into a Relax VM on the local ``device`` (``DEVICES``); a library
+    must have OpenCL kernels exactly when it runs on ``opencl``."""
     arch, host = library_arch(path), platform.machine()
     if arch != host:
         raise UserError(f"{path} is built for {arch}, this machine is {host}: "
                         "run it on a device (RPC) instead of locally")
+    dev = local_device(device)  # before loading: an OpenCL module needs the runtime to load
     try:
         lib = tvm.runtime.load_module(str(path))
     except RuntimeError as err:
         raise UserError(f"cannot load {path}: {first_line(err)}") from None
-    return relax.VirtualMachine(lib, tvm.cpu())
+    has_opencl = _has_module(lib, "opencl")
+    if has_opencl != (device == "opencl"):
+        built = "an OpenCL target" if has_opencl else "a CPU target"
+        raise UserError(f"{path} is built for {built}: run it with --device {'opencl' if has_opencl else 'cpu'}")
+    return relax.VirtualMachine(lib, dev)
 
 
-def run_local(path: str | os.PathLike, data: np.ndarray) -> np.ndarray:
-    """Run ``main`` of the library at ``path`` on one input array and return its output."""
-    vm = load_local(path)
+def _has_module(module: tvm.runtime.Module, kind: str) -> bool:
+    """Whether ``module`` or a module it imports is of ``kind``."""
+    return module.kind == kind or any(_has_module(sub, kind) for sub in module.imports)
+
+
+def run_local(path: str | os.PathLike, data: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Run ``main`` of the library at ``path`` on one input array on the local ``device`` and return its
+    output."""
+    vm = load_local(path, device)
     try:
-        return vm["main"](tvm.runtime.tensor(np.ascontiguousarray(data))).numpy()
+        return vm["main"](tvm.runtime.tensor(np.ascontiguousarray(data), local_device(device))).numpy()
     except (RuntimeError, ValueError, TypeError) as err:
         expected = re.search(r"annotation=R\.Tensor\(\(([\d, ]*)\), dtype=\"(\w+)\"", str(err))
         if expected:
