@@ -74,6 +74,7 @@ class GemmProblem:
     gather: Callable | None
     pad: tuple[tuple[int, ...], tuple[int, int]] | None
     store_index: Callable
+    words: WordGather | None = None
 
     @property
     def y_view(self) -> tuple[int, ...]:
@@ -91,6 +92,26 @@ class GemmProblem:
     def lanes(self, lanes: int) -> int:
         """The vector width of a pixel tile: the largest power of two <= ``lanes`` that divides ``group``."""
         return pick_lanes(self.group, lanes)
+
+
+@dataclass(frozen=True)
+class WordGather:
+    """X read as int32 words of 4 consecutive k from a channels-last int8 copy of the input, for the
+    int8 dot-product kernels: the input is quantized once (not once per use: a 3x3 conv's im2col reads
+    every input 9 times), into ``shape`` = (batch, rows, cols, channels) with zero borders where the
+    conv pads (the input lands at ``offset``), and a word of 4 channels at one tap is one 32-bit load.
+    ``pixels`` = (images, rows, cols) enumerates the GEMM's columns (p = (image * rows + row) * cols + col)
+    and ``word(copy_words, kq, image, row, col)`` is X[4kq..4kq+3, p] from the copy viewed as words."""
+
+    shape: tuple[int, int, int, int]
+    offset: tuple[int, int]
+    input_hw: tuple[int, int]
+    pixels: tuple[int, int, int]
+    word: Callable
+
+    def load(self, x: tvm.tirx.Buffer, b, c, h, w):
+        """Input element (b, c, h, w) of an NCHW input, or (b, c) of a [batch, features] one."""
+        return x[b, c, h, w] if len(x.shape) == 4 else x[b, c]
 
 
 def pick_lanes(extent: int, lanes: int) -> int:
@@ -117,7 +138,25 @@ def conv2d_problem(g: Conv2dGeometry, layout: str, lanes: int, in_place: bool = 
     return GemmProblem((g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
                        g.in_channels * kh * kw, g.pixels, q,
                        None if direct else conv_gather(g, layout, pick_lanes(q, lanes)),
-                       None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index)
+                       None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index,
+                       conv_words(g, layout))
+
+
+def conv_words(g: Conv2dGeometry, layout: str) -> WordGather | None:
+    """The channels-last word view of a conv's X, when 4 consecutive k are 4 channels of one tap (the
+    ``tap`` layout with channels a multiple of 4); else None (the kernels stage from the float input)."""
+    if (layout != "tap" and g.kernel != (1, 1)) or g.in_channels % 4:
+        return None
+    (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
+    pt, pl, pb, pr = g.padding
+    decode = tap_decoder("tap", g.in_channels, kh, kw)
+
+    def word(xw, kq, image, row, col):
+        c, r, s = decode(kq * 4)
+        return xw[image, row * sh + r * dh, col * sw + s * dw, c // 4]
+
+    return WordGather((g.batch, g.height + pt + pb, g.width + pl + pr, g.in_channels), (pt, pl),
+                      (g.height, g.width), (g.batch, *g.out_hw), word)
 
 
 def dense_problem(batch: int, in_features: int, out_features: int, in_place: bool = True) -> GemmProblem:
@@ -129,8 +168,12 @@ def dense_problem(batch: int, in_features: int, out_features: int, in_place: boo
     def store_index(p0, row, v):
         return (p0 + v, row)
 
+    def word(xw, kq, _image, _row, col):
+        return xw[col, 0, 0, kq]
+
+    words = WordGather((batch, 1, 1, in_features), (0, 0), (1, 1), (1, 1, batch), word) if in_features % 4 == 0 else None
     return GemmProblem((batch, in_features), (batch, out_features), in_features, batch, batch,
-                       None if in_place and batch == 1 else gather, None, store_index)
+                       None if in_place and batch == 1 else gather, None, store_index, words)
 
 
 def tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:

@@ -19,6 +19,7 @@ weight count.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -26,7 +27,7 @@ import tvm
 from tvm import tirx
 from tvm.script import tirx as T
 
-from .common import GemmProblem, lane_reduce, pack_int8x4, pad_copy, pick_lanes, quantize, row_chunks, x_at
+from .common import GemmProblem, WordGather, lane_reduce, pack_int8x4, pad_copy, pick_lanes, quantize, row_chunks, x_at
 from .epilogue import Step, bind_epilogue, with_params
 
 MODES = ("fp32", "int8")
@@ -116,6 +117,41 @@ def plan_gemm(problem: GemmProblem, weight, names: Sequence[str], options: Kerne
     return GemmPlan(problem, weight, options, buffers, vl, tiles, chunks, store, params, decls)
 
 
+def word_stager(words: WordGather, vl: int) -> Callable:
+    """``stage(x, xcol, inv)``: X as words (``[tiles, K/4, vl]``) through ``words``' channels-last int8
+    copy of ``x``: every input quantized once into the copy (zero borders), then words copied run by
+    run, a run being pixels of one output row inside one tile (contiguous stores, no per-lane division)."""
+    (n, rows, cols, channels), (top, left) = words.shape, words.offset
+    in_rows, in_cols = words.input_hw
+    images, out_rows, out_cols = words.pixels
+    run = math.gcd(out_cols, vl)
+
+    @T.inline
+    def stage(x, xcol, inv):
+        copy = T.decl_buffer((n, rows, cols, channels), "int8")
+        copy_words = T.decl_buffer((n, rows, cols, channels // 4), "int32", data=copy.data)
+        if (rows, cols) != (in_rows, in_cols):
+            for i in T.parallel(n * rows):
+                for j in range(cols):
+                    for c in T.vectorized(channels // 4):
+                        copy_words[i // rows, i % rows, j, c] = 0
+        for i in T.parallel(n * in_rows):
+            for j in range(in_cols):
+                for c in T.vectorized(channels):
+                    copy[i // in_rows, i % in_rows + top, j + left, c] = quantize(
+                        words.load(x, i // in_rows, c, i % in_rows, j), inv)
+        for kq in T.parallel(xcol.shape[1]):
+            for image in range(images):
+                for row in range(out_rows):
+                    for r in range(out_cols // run):
+                        for v in T.vectorized(run):
+                            xcol[((image * out_rows + row) * out_cols + r * run) // vl, kq,
+                                 ((image * out_rows + row) * out_cols + r * run) % vl + v] = words.word(
+                                copy_words, kq, image, row, r * run + v)
+
+    return stage
+
+
 def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x, *weight arrays, *epilogue operands, y)``: the shared prologue, then ``body``."""
     problem, options = plan.problem, plan.options
@@ -126,6 +162,8 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
     dynamic_scale = options.mode == "int8" and options.act_scale is None
     given_scale = float(options.act_scale) if options.mode == "int8" and options.act_scale else 1.0
     vl, tiles, staged, xdtype, k_pack = plan.vl, plan.tiles, plan.staged, plan.xdtype, plan.k_pack
+    words = problem.words if k_pack == 4 else None
+    stage = word_stager(words, vl) if words is not None else None
     run = body(plan)
 
     @T.prim_func(check_well_formed=False)  # the weight and epilogue parameters are added after parsing
@@ -151,7 +189,10 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
         else:
             src = T.decl_buffer(pad[0], "float32")
             pad_copy(x, src, pad[1])
-        if staged and k_pack == 4:
+        if staged and k_pack == 4 and words is not None:
+            xcol = T.decl_buffer((tiles, k_extent // 4, vl), xdtype)
+            stage(x, xcol, T.float32(1) / qscale[0])
+        elif staged and k_pack == 4:
             xcol = T.decl_buffer((tiles, k_extent // 4, vl), xdtype)
             inv = T.float32(1) / qscale[0]
             for kq in T.parallel(k_extent // 4):

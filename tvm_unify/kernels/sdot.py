@@ -82,10 +82,11 @@ def to_dot(ell: EllWeight) -> DotWeight:
                      ell.order)
 
 
-def _sdot(acc, x_words, w_word):
-    """``acc[p] += sum_j x[p, j] * w[j]`` for 4 pixels p: one ``sdot`` (the weight word broadcast)."""
+def _sdot(acc, x_words, block_words, word: int):
+    """``acc[p] += sum_j x[p, j] * w[j]`` for 4 pixels p, w being word ``word`` of the block's words
+    (one vector load per block): one indexed ``sdot`` (LLVM folds the lane splat into ``v.4b[lane]``)."""
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(SDOT), acc, T.reinterpret("int8x16", x_words),
-                                   T.reinterpret("int8x16", T.broadcast(w_word, 4)), dtype="int32x4")
+                                   T.reinterpret("int8x16", T.Shuffle([block_words], [word] * 4)), dtype="int32x4")
 
 
 def _dot4(xbytes, t, kq, v, wbytes, rb, slot, word):
@@ -114,7 +115,7 @@ def _dot_body(plan: GemmPlan, instruction: bool) -> Callable:
                     for i in T.unroll(br):
                         acc[i, T.ramp(u * 4, 1, 4)] = _sdot(
                             acc[i, T.ramp(u * 4, 1, 4)], xcol[t, columns[rb, slot] * quads + q, T.ramp(u * 4, 1, 4)],
-                            words[rb, slot, i * quads + q])
+                            words[rb, slot, T.ramp(0, 1, br * quads)], i * quads + q)
             else:
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):

@@ -26,7 +26,7 @@ from .epilogue import Step
 from .gemm import ROW_TASKS, KernelOptions, gemm_kernel, plan_gemm
 from .gemv import gemv_body
 from .lut import lut_body
-from .neon import CpuFeatures, dot_lanes
+from .neon import CpuFeatures, dot_lanes, row_lanes
 from .recipe import conv2d_shape, dense_shape, geometry_of, options_of, with_recipe
 from .sdot import DotWeight, dot4_body, sdot_body, to_dot
 from .smmla import PairWeight, smmla_body, to_pairs
@@ -61,11 +61,17 @@ def default_algorithm(mode: str, columns: int, features: CpuFeatures = CpuFeatur
 
 
 def target_options(options: KernelOptions, features: CpuFeatures, block: tuple[int, int], columns: int,
-                   group: int | None = None) -> KernelOptions:
+                   group: int | None = None, row: int | None = None) -> KernelOptions:
     """``options`` with the default algorithm for the target's ``features`` (``default_algorithm``) and,
-    for the dot products, the tile their accumulators fit in NEON registers (``options.lanes`` caps it)."""
+    on aarch64, a pixel tile for NEON (``options.lanes`` caps it): the dot products' accumulators fit
+    the registers (``neon.dot_lanes``), the fp32 tiles of a conv that gathers output rows ``row``
+    pixels wide stay in one row (``neon.row_lanes``). Other targets keep ``options.lanes``."""
     algorithm = options.algorithm or default_algorithm(options.mode, columns, features, block, group)
-    lanes = dot_lanes(block[0], options.lanes) if algorithm in DOT_ALGORITHMS else options.lanes
+    lanes = options.lanes
+    if algorithm in DOT_ALGORITHMS:
+        lanes = dot_lanes(block[0], lanes)
+    elif features.aarch64:
+        lanes = row_lanes(row, lanes)
     return replace(options, algorithm=algorithm, lanes=lanes)
 
 

@@ -186,8 +186,9 @@ class LowerUnifiedBlocks:
         act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
         conv = entry.op == "conv2d"
         columns, group = (dims.pixels, dims.out_hw[0] * dims.out_hw[1]) if conv else (dims[0], dims[0])
+        row = dims.out_hw[1] if conv and not dims.reads_input_in_place else None  # a gathered conv's rows
         options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
-                                 cpu_features(self.target), enc.spec.shape, columns, group)
+                                 cpu_features(self.target), enc.spec.shape, columns, group, row)
         weight = kernel_weight(to_ell(enc), self.mode, columns, options.algorithm)
         func = (unified_conv2d(dims, weight, enc.spec.layout, options) if conv
                 else unified_dense(*dims, weight, options))
