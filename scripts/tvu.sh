@@ -33,7 +33,7 @@ install_python() {
     "$VENV/bin/pip" install -q --upgrade pip
     # torch first, pinned, so nothing later pulls a CUDA build.
     "$VENV/bin/pip" install -q torch==2.13.0
-    "$VENV/bin/pip" install -q -e ".[test]"
+    "$VENV/bin/pip" install -q -e ".[test,bench]"  # bench: the peer runtimes the slow peer test compares with
     echo "$want" > "$stamp"
 }
 

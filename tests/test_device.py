@@ -136,9 +136,10 @@ def test_demo_device_step(arm_build, tmp_path, capsys):
     from tvm_unify.demo import run_on_emulated_device
 
     x = np.load(arm_build["x"])
-    host = bench_local(arm_build["host"], [x], arm_build["ref_array"], BenchOptions(repeat=3))
-    summary = run_on_emulated_device(tmp_path, host, arm_build["arm"], x, arm_build["ref_array"])
-    assert summary["max_abs_err"] <= 1e-4 and summary["instructions"] > 100_000
+    host = {"unified": bench_local(arm_build["host"], [x], arm_build["ref_array"], BenchOptions(repeat=3))}
+    remote = run_on_emulated_device(tmp_path, host, {"unified": arm_build["arm"]}, x,
+                                    {"unified": arm_build["ref_array"]})["unified"]
+    assert remote.max_abs_err <= 1e-4 and remote.instructions > 100_000
     report = (tmp_path / "device-report.md").read_text()
     assert "this host (local)" in report and "(emulated)" in report and "NOT ARM timings" in report
     assert (tmp_path / "device-report.png").is_file()

@@ -289,21 +289,32 @@ def unify_builtin(
     progress: bool = False,
     log: Log = print,
     seed: int = 0,
+    dense_output: str | os.PathLike | None = None,
 ) -> tuple[UnifyReport, dict[str, object]]:
     """Train a built-in model from scratch on its built-in data, unify it and export it to ``output``.
 
     The short path the demo takes: ``unify_builtin("digits-cnn", "out.pt", epochs=12)`` finishes in
-    seconds on two cores. Returns the training report and the exported metadata.
+    seconds on two cores. With ``dense_output`` the dense phase runs on its own first and the dense
+    model is exported there too, so the same weights before unification can be compiled for
+    comparison. Returns the training report and the exported metadata.
     """
     from ..models import get_builtin
+    from ..torchscript import save_torchscript
     from .export import export_unified
 
     builtin = get_builtin(name)
     runtime = Runtime.setup()
     torch.manual_seed(seed)
     model = builtin.factory()
-    report = train_unify(model, config, Schedule.from_epochs(epochs, seed=seed), input_shape=builtin.input_shape,
-                         runtime=runtime, progress=progress, log=log)
+    schedule = Schedule.from_epochs(epochs, seed=seed)
+    if dense_output is not None:
+        accuracy = train_dense(model, schedule.dense_epochs, input_shape=builtin.input_shape, schedule=schedule,
+                               runtime=runtime, progress=progress)
+        if runtime.main:
+            save_torchscript(model, dense_output, builtin.input_shape, {"model": name, "accuracy": accuracy})
+        schedule = replace(schedule, dense_epochs=0)
+    report = train_unify(model, config, schedule, input_shape=builtin.input_shape, runtime=runtime,
+                         progress=progress, log=log)
     metadata: dict[str, object] = {"model": name}
     if runtime.main:
         metadata = export_unified(model, output, config, input_shape=builtin.input_shape,
