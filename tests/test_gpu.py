@@ -25,7 +25,7 @@ from tvm_unify.kernels.common import dense_problem
 from tvm_unify.models import get_builtin
 from tvm_unify.pipeline import build, codegen_target, gpu_lowering, schedule_default
 from tvm_unify.runtime import opencl_setup
-from tvm_unify.runtime.local import library_arch, run_local
+from tvm_unify.runtime.local import library_arch, library_device, run_local
 from tvm_unify.targets import android_preset, load_target
 from tvm_unify.testing import assert_matches, conv_cases, project, torch_reference, unified_model
 from tvm_unify.torchscript import save_torchscript
@@ -225,6 +225,9 @@ def test_mobile_gpu_cross_compiles(tmp_path, unified_pt, target, name):
     assert {e.layer for e in result.report if e.lowered} == set(names) and library_arch(so) == "aarch64"
     source = "".join(p.read_text() for p in (tmp_path / "src").glob("*.cl"))
     assert re.search(r"__kernel void unified_conv2d_gpu\w*_kernel", source)
+    assert library_device(so) == "opencl"  # an RPC device runs it on its GPU, not its CPU
+    compile_model(path, "arm", tmp_path / "cpu.so")
+    assert library_device(tmp_path / "cpu.so") == "cpu"
 
 
 def test_int8_is_refused_for_opencl(unified_pt, tmp_path):

@@ -34,6 +34,13 @@ def library_arch(path: str | os.PathLike) -> str:
     return _ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
+def library_device(path: str | os.PathLike) -> str:
+    """``opencl`` for a library whose kernels are OpenCL (a GPU build embeds their ``__kernel`` source in
+    its module blob), else ``cpu``: read from the file, so it works for libraries of other architectures
+    too, which cannot be loaded here."""
+    return "opencl" if b"__kernel" in require_file(path, "library").read_bytes() else "cpu"
+
+
 def local_device(device: str = "cpu") -> tvm.runtime.Device:
     """This machine's ``cpu`` or first ``opencl`` device (loading TVM's OpenCL runtime for it)."""
     if device not in DEVICES:

@@ -24,7 +24,7 @@ from tvm.rpc import base as rpc_base
 from tvm.runtime.vm import VirtualMachine
 
 from ..errors import UserError, last_line
-from .local import library_arch
+from .local import library_arch, library_device
 
 CONNECT_TIMEOUT = 10.0
 COUNT_FUNCTION = "tvm_unify.count_instructions"
@@ -179,7 +179,12 @@ class RemoteModel:
 
     @property
     def device(self) -> tvm.runtime.Device:
-        return self.session.remote.cpu()
+        """Where the VM runs: the device's first OpenCL GPU for a GPU build (Mali, Adreno), else its CPU."""
+        return remote_device(self.session, library_device(self.library))
+
+
+def remote_device(session: Session, kind: str) -> tvm.runtime.Device:
+    return session.remote.cl(0) if kind == "opencl" else session.remote.cpu()
 
 
 def load_remote(session: Session, library: str | Path) -> RemoteModel:
@@ -196,7 +201,7 @@ def load_remote(session: Session, library: str | Path) -> RemoteModel:
         raise UserError(f"device {session.device} cannot load {path.name}, built for {arch} (is the device "
                         f"{arch}?): {_load_reason(err)}") from None
     with device_errors(session.device, "starting the Relax VM"):
-        vm = VirtualMachine(module, session.remote.cpu())
+        vm = VirtualMachine(module, remote_device(session, library_device(path)))
     return RemoteModel(session, path, module, vm)
 
 
