@@ -137,3 +137,13 @@ def test_demo_full(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "demo OK" in out and "emulated aarch64 device over RPC" in out
     assert (tmp_path / "device-report.md").is_file()
+
+
+def test_bench_profile_breaks_the_time_down_by_kernel(capsys, builtin_pt, tmp_path):
+    so = tmp_path / "mlp.so"
+    assert main(["compile", str(builtin_pt("mlp")), "-o", str(so)]) == 0
+    assert main(["bench", str(so), "--local", "--profile", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "time per function" in out and "fused_matmul" in out and "total" in out
+    out_file = tmp_path / "x.so"
+    _fails_cleanly(capsys, ["bench", str(so), "--profile", "--rpc", "127.0.0.1:9"], out_file, "add --local")

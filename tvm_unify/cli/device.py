@@ -16,6 +16,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     if args.reference and not args.input:
         raise UserError("--reference needs --input: the input the reference output was computed from")
+    if args.profile and not args.local:
+        raise UserError("--profile times kernels on this host: add --local")
     libraries = [require_file(lib, "library") for lib in args.libraries]
     specs = device_specs(args)
     inputs = [load_npy(args.input, "input file")] if args.input else None
@@ -36,6 +38,24 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if bad:
         raise UserError("output differs from the reference: " + ", ".join(
             f"{r.library} on {r.device} (max abs error {r.max_abs_err:.3g})" for r in bad))
+    if args.profile:
+        _print_profiles(libraries, inputs)
+
+
+def _print_profiles(libraries: list, inputs: list | None) -> None:
+    """Where each host library's time goes, kernel by kernel (``runtime/profile.py``)."""
+    import tvm
+
+    from ..runtime.bench import random_input
+    from ..runtime.local import load_local
+    from ..runtime.profile import format_breakdown, kernel_breakdown
+    from ..runtime.rpc import probe_input
+
+    for library in libraries:
+        vm = load_local(library)
+        arrays = inputs or [random_input(*probe_input(vm, tvm.cpu(), library.name))]
+        print(f"\n{library.name}: time per function, one inference on this host")
+        print(format_breakdown(kernel_breakdown(vm, [tvm.runtime.tensor(a) for a in arrays])))
 
 
 def _cmd_devices(args: argparse.Namespace) -> None:
@@ -86,6 +106,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--json", help="write all measurements here (.json)")
     p.add_argument("--markdown", help="write a markdown report here (.md), with a PNG chart beside it")
     p.add_argument("--title", default="Benchmark", help="heading of the markdown report")
+    p.add_argument("--profile", action="store_true",
+                   help="with --local: also print where each library's time goes, kernel by kernel")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("devices", help="list a tracker's device keys, free devices and waiting requests")

@@ -61,7 +61,7 @@ def bench_one(spec: DeviceSpec, library: Path, inputs: list[np.ndarray] | None, 
     def job(session: Session) -> BenchResult:
         info = device_info(session)
         model = load_remote(session, library)
-        arrays = inputs or [_random_input(*probe_input(model.vm, model.device, library.name))]
+        arrays = inputs or [random_input(*probe_input(model.vm, model.device, library.name))]
         result = BenchResult(library.name, session.device, library_arch(library), bool(info.get("emulated")),
                              list(arrays[0].shape), time_remote(model, arrays, options.warmup, options.repeat,
                                                                 options.number), info=info)
@@ -81,7 +81,7 @@ def bench_local(library: Path, inputs: list[np.ndarray] | None, reference: np.nd
     import tvm
 
     vm, dev = load_local(library), tvm.cpu()
-    arrays = inputs or [_random_input(*probe_input(vm, dev, library.name))]
+    arrays = inputs or [random_input(*probe_input(vm, dev, library.name))]
     args = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in arrays]
     result = BenchResult(library.name, "this host (local)", library_arch(library), False, list(arrays[0].shape),
                          time_vm(vm, dev, args, options.warmup, options.repeat, options.number))
@@ -96,7 +96,7 @@ def _check(result: BenchResult, output: np.ndarray, reference: np.ndarray, rtol:
     result.max_abs_err, result.within_tolerance = agreement.max_abs_err, agreement.ok
 
 
-def _random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+def random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A fixed-seed standard-normal input when the user gives none (timing does not depend on values)."""
     return np.random.default_rng(0).standard_normal(shape).astype(dtype)
 

@@ -9,7 +9,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import relax
 
 
@@ -40,8 +39,7 @@ def kernel_breakdown(vm: relax.VirtualMachine, args: list, runs: int = 10) -> li
         return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
     vm["main"](*args)  # warm up before instrumenting
-    vm.set_instrument(tvm.runtime.convert(instrument) if not callable(getattr(tvm.runtime, "convert", None))
-                      else instrument)
+    vm.set_instrument(instrument)
     try:
         for _ in range(runs):
             current.clear()
