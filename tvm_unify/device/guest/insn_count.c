@@ -9,6 +9,8 @@
  *   - instructions executed in [lo, hi), the compiled model's code: exact across runs;
  *   - all instructions executed in between (runtime, allocator, interpreter): drifts slightly with
  *     the allocator's state, so it is reported only as context.
+ * and "<out>/<pid>.blocks": one line "ADDRESS COUNT" (hex, decimal) per translation block executed in
+ * [lo, hi), so the host can attribute the model's instructions to its functions (symbols).
  * Only the guest thread (vCPU) that issued the start marker is counted, per executed translation
  * block, so other server threads never disturb the figure (the device runs kernels on one thread).
  */
@@ -38,6 +40,21 @@ static int counting;
 static unsigned int counted_vcpu;
 static char out_dir[4096] = "/tmp";
 
+/* Instructions per block start address inside [lo, hi): open addressing, linear probing. */
+#define HIST_SIZE (1 << 16)
+static struct { uint64_t vaddr, n; } hist[HIST_SIZE];
+
+static void hist_add(uint64_t vaddr, uint64_t n)
+{
+    for (uint64_t i = (vaddr >> 2) & (HIST_SIZE - 1);; i = (i + 1) & (HIST_SIZE - 1)) {
+        if (hist[i].n == 0 || hist[i].vaddr == vaddr) {
+            hist[i].vaddr = vaddr;
+            hist[i].n += n;
+            return;
+        }
+    }
+}
+
 static void on_tb_exec(unsigned int vcpu, void *udata)
 {
     const struct tb_info *tb = udata;
@@ -45,6 +62,7 @@ static void on_tb_exec(unsigned int vcpu, void *udata)
         total += tb->n_insns;
         if (tb->vaddr >= range_lo && tb->vaddr < range_hi) {
             in_range += tb->n_insns;
+            hist_add(tb->vaddr, tb->n_insns);
         }
     }
 }
@@ -67,6 +85,16 @@ static void write_counts(void)
         fprintf(f, "%" PRIu64 " %" PRIu64 "\n", in_range, total);
         fclose(f);
     }
+    snprintf(path, sizeof(path), "%s/%d.blocks", out_dir, (int)getpid());
+    f = fopen(path, "w");
+    if (f) {
+        for (int i = 0; i < HIST_SIZE; i++) {
+            if (hist[i].n) {
+                fprintf(f, "%" PRIx64 " %" PRIu64 "\n", hist[i].vaddr, hist[i].n);
+            }
+        }
+        fclose(f);
+    }
 }
 
 static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
@@ -77,6 +105,7 @@ static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint
     }
     if (a1 == TVU_MARK_START) {
         in_range = total = 0;
+        memset(hist, 0, sizeof(hist));
         range_lo = a2;
         range_hi = a3;
         counted_vcpu = vcpu;

@@ -33,8 +33,10 @@ def device_info():
 
 
 def count_instructions(module, library_name, *args):
-    """JSON {"kernels", "total"}: instructions of one ``main`` call (after a warm-up call), counted
-    between two marker syscalls; "kernels" only inside the library's code (exact across runs)."""
+    """JSON {"kernels", "total", "blocks"}: instructions of one ``main`` call (after a warm-up call),
+    counted between two marker syscalls; "kernels" only inside the library's code (exact across runs);
+    "blocks": [address relative to the library's load base, instructions] per executed code block of the
+    library, which the host maps to the library's symbols."""
     count_dir = os.environ.get("TVU_COUNT_DIR")
     if not count_dir:
         raise RuntimeError("this device was started without the instruction-counting plugin")
@@ -56,7 +58,21 @@ def count_instructions(module, library_name, *args):
     with open(out) as f:
         kernels, total = (int(v) for v in f.read().split())
     os.unlink(out)
-    return json.dumps({"kernels": kernels, "total": total})
+    blocks = []
+    base = _load_base(library_name)
+    if os.path.exists(out[:-len(".count")] + ".blocks"):
+        with open(out[:-len(".count")] + ".blocks") as f:
+            blocks = [[int(a, 16) - base, int(n)] for a, n in (line.split() for line in f)]
+        os.unlink(out[:-len(".count")] + ".blocks")
+    return json.dumps({"kernels": kernels, "total": total, "blocks": blocks})
+
+
+def _load_base(library_name):
+    """Where the loaded library ``library_name`` starts (its ELF addresses are relative to this)."""
+    with open("/proc/self/maps") as maps:
+        starts = [int(line.split()[0].split("-")[0], 16) for line in maps
+                  if len(line.split()) >= 6 and os.path.basename(line.split()[5]) == library_name]
+    return min(starts)
 
 
 def _code_range(library_name):
