@@ -42,8 +42,10 @@ class Comparison:
         gained = "-" if d.accuracy is None or u.accuracy is None else f"{(u.accuracy - d.accuracy) * 100:+.2f} points"
         rows = [
             ("accuracy", _pct(d.accuracy), _pct(u.accuracy), gained),
-            ("weight storage (KiB)", f"{d.weight_kib:.1f}", f"{u.weight_kib:.1f}", f"{d.weight_kib / u.weight_kib:.1f}x smaller"),
-            (".so size (KiB)", f"{d.library_kib:.0f}", f"{u.library_kib:.0f}", f"{d.library_kib / u.library_kib:.1f}x smaller"),
+            ("weight storage (KiB)", f"{d.weight_kib:.1f}", f"{u.weight_kib:.1f}",
+             f"{d.weight_kib / u.weight_kib:.1f}x smaller"),
+            (".so size (KiB)", f"{d.library_kib:.0f}", f"{u.library_kib:.0f}",
+             f"{d.library_kib / u.library_kib:.1f}x smaller"),
             ("host latency (ms)", f"{d.host_ms:.3f}", f"{u.host_ms:.3f}", f"{d.host_ms / u.host_ms:.2f}x faster"),
         ]
         if d.arm_instructions and u.arm_instructions:

@@ -123,7 +123,8 @@ def free_body(plan: GemmPlan) -> Callable:
                     for j in T.unroll(bc):
                         for u in T.unroll(per):
                             for v in T.vectorized(vl):
-                                xv[u, v] = x_at(src, gather, columns[rb, slot] * bc + j, (task // nbr * per + u) * vl, v)
+                                xv[u, v] = x_at(src, gather, columns[rb, slot] * bc + j,
+                                                (task // nbr * per + u) * vl, v)
                         for i in T.unroll(br):
                             for u in T.unroll(per):
                                 for v in T.vectorized(vl):

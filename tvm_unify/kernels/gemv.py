@@ -16,7 +16,8 @@ def gemv_body(plan: GemmPlan) -> Callable:
     """The block GEMV over ``plan`` (its weight is an ``EllWeight``)."""
     weight, mode, k_extent = plan.weight, plan.options.mode, plan.problem.k_extent
     columns, scales, signs, order = (plan.buffers[name] for name in ("columns", "scales", "signs", "order"))
-    br, bc, chunks, groups, store, xdtype = weight.rows, weight.cols, plan.chunks, weight.groups, plan.store, plan.xdtype
+    br, bc, chunks, groups = weight.rows, weight.cols, plan.chunks, weight.groups
+    store, xdtype = plan.store, plan.xdtype
     n = br * bc
 
     @T.inline
