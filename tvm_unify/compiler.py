@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import tvm
@@ -21,10 +21,13 @@ from .errors import UserError
 from .fileio import atomic_output
 from .format import specs_from_metadata
 from .frontend import ImportedModel, calibrate_act_scales, import_torchscript, layer_names
-from .kernels import DEFAULT_TASKS
+from .kernels import DEFAULT_TASKS, KernelOptions
+from .kernels.unified import UnifiedLayer
 from .passes import LayerReport, LowerUnifiedBlocks
 from .pipeline import build, codegen_target
 from .targets import TargetPreset, load_target
+from .tuning.apply import RecordChooser, install_dense
+from .tuning.records import SHIPPED, Records, records_for
 
 
 @dataclass
@@ -36,16 +39,20 @@ class CompileResult:
     input_shape: tuple[int, ...]
     timings: dict[str, float] = field(default_factory=dict)
     report: list[LayerReport] = field(default_factory=list)
+    schedules: dict[str, str] = field(default_factory=dict)  # kernel or layer -> "tuned" / "default"
+    records: str | None = None  # the tuning records folder used
 
 
 def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,
-                  tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None
+                  tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None,
+                  choose: Callable[[UnifiedLayer], KernelOptions] | None = None
                   ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
-    given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels); return
-    the module and the per-layer report."""
+    given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels), with
+    ``choose`` picking each unified kernel's options (tuning records); return the module and the
+    per-layer report."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
-                                  act_scales, tasks=tasks, target=target)
+                                  act_scales, tasks=tasks, target=target, choose=choose)
     return lowering(imported.mod), lowering.report
 
 
@@ -70,13 +77,16 @@ def compile_model(
     dense: bool = False,
     calibration: np.ndarray | None = None,
     emit_source: str | os.PathLike | None = None,
+    schedules: str | os.PathLike | None = SHIPPED,
 ) -> CompileResult:
     """TorchScript file (or an already imported model) -> shared library for ``target``.
 
     Unified layers are lowered to block-sparse kernels in ``mode`` (fp32 or int8) unless ``dense``. For
     int8, ``calibration`` (sample inputs, see ``int8_calibration.sample_batches``) fixes each layer's activation
     scale to max|input|/127 over the samples; without it the kernels compute that scale on every call.
-    ``emit_source`` names a folder for the generated code (``emit_sources``)."""
+    ``emit_source`` names a folder for the generated code (``emit_sources``). ``schedules``: the tuning
+    records to apply (``tuning.records_for``: the shipped ones by default, a folder of per-target
+    folders, or None for none); the result says per kernel whether it is tuned."""
     if calibration is not None and (mode != "int8" or dense):
         raise UserError("calibration samples set int8 activation scales: use them with --mode int8, without --dense")
     preset = target if isinstance(target, TargetPreset) else load_target(target)
@@ -89,32 +99,42 @@ def compile_model(
         start = time.perf_counter()
         act_scales = calibrate_act_scales(imported, calibration)
         timings["calibrate"] = time.perf_counter() - start
+    records = records_for(schedules, preset.name)
+    chooser = RecordChooser(records) if records is not None else None
     mod, report = imported.mod, []
     if not dense:
         start = time.perf_counter()
-        mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset))
+        mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset),
+                                    choose=chooser)
         timings["lower"] = time.perf_counter() - start
-    result = compile_module(mod, preset, output, imported.input_shape, emit_source)
+    result = compile_module(mod, preset, output, imported.input_shape, emit_source, records)
     result.timings = {**timings, **result.timings}
     result.report = report
+    result.schedules = {**(chooser.used if chooser else {}), **result.schedules}
     return result
 
 
 def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | os.PathLike,
-                   input_shape: tuple[int, ...], emit_source: str | os.PathLike | None = None) -> CompileResult:
+                   input_shape: tuple[int, ...], emit_source: str | os.PathLike | None = None,
+                   records: Records | None = None) -> CompileResult:
     """Build an imported (and possibly already lowered, for this target's cores) module for ``target``
-    and export it (and its generated code into ``emit_source``, if given)."""
+    with the dense kernels' tuning ``records``, and export it (and its generated code into
+    ``emit_source``, if given)."""
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    executable = build(mod, preset)
-    timings["build"] = time.perf_counter() - start
+    used: dict[str, str] = {}
+    tuned = None
+    if records is not None:
+        def tuned(prepared: tvm.IRModule) -> None:
+            used.update(install_dense(prepared, records, codegen_target(preset)))
+    executable = build(mod, preset, tuned, timings)
     if emit_source is not None:
         emit_sources(executable, emit_source)
     start = time.perf_counter()
     export_library(executable, preset, output)
     timings["export"] = time.perf_counter() - start
-    return CompileResult(str(output), preset.name, tuple(input_shape), timings)
+    return CompileResult(str(output), preset.name, tuple(input_shape), timings, schedules=used,
+                         records=None if records is None else str(records.dir))
 
 
 # Source formats worth reading per kind of generated module: assembly and LLVM IR for CPU code,

@@ -17,6 +17,9 @@ a function left unscheduled as host code, which runs on the CPU or fails only on
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import tvm
 from tvm import relax, tirx
 from tvm.relax.backend import gpu_generic
@@ -63,11 +66,15 @@ def is_gpu(target: tvm.target.Target) -> bool:
     return target.kind.name == "opencl"
 
 
-def schedule_default(mod: tvm.IRModule, target: tvm.target.Target, fuse_epilogues: bool = True) -> tvm.IRModule:
+def schedule_default(mod: tvm.IRModule, target: tvm.target.Target, fuse_epilogues: bool = True,
+                     tuned: Callable[[tvm.IRModule], None] | None = None) -> tvm.IRModule:
     """Legalize, fuse and schedule every not-yet-scheduled PrimFunc of ``mod`` for ``target``: the CPU
-    rules, or for OpenCL dlight's GPU rules, after which every kernel must be thread-bound."""
+    rules, or for OpenCL dlight's GPU rules, after which every kernel must be thread-bound. ``tuned``
+    first installs tuning records in the prepared module (``tuning.install_dense``)."""
     with target:
         mod = tvm.transform.Sequential(prepare_passes(fuse_epilogues))(mod)
+        if tuned is not None:
+            tuned(mod)
         if not is_gpu(target):
             return ApplyDefaultSchedules()(mod)
         mod = ApplyDefaultSchedules(gpu_rules())(mod)
@@ -101,18 +108,27 @@ def codegen_target(preset: TargetPreset) -> tvm.target.Target:
     return preset.tvm_target()
 
 
-def build(mod: tvm.IRModule, preset: TargetPreset) -> tvm.runtime.Executable:
-    """Schedule the dense layers with the default rules of the preset's device, then lower and generate
-    code for ``preset``.
+def build(mod: tvm.IRModule, preset: TargetPreset, tuned: Callable[[tvm.IRModule], None] | None = None,
+          timings: dict[str, float] | None = None) -> tvm.runtime.Executable:
+    """Schedule the dense layers (``tuned`` records first, see ``schedule_default``, then the default
+    rules of the preset's device), then lower and generate code for ``preset``; ``timings`` receives
+    the seconds of both stages (``schedule``, ``codegen``).
 
     An OpenCL build for this machine loads the OpenCL runtime first, so TVM packs the kernels into a
     module that runs (``docs/opencl-runtime.md``); a cross build does not need it."""
     target = codegen_target(preset)
     if preset.device == "opencl" and preset.is_host:
         ensure_opencl_runtime()
+    timings = {} if timings is None else timings
     with target:
-        mod = schedule_default(mod, target)
-        return tvm.compile(mod, target=target, relax_pipeline=gpu_lowering(target) if is_gpu(target) else "default")
+        start = time.perf_counter()
+        mod = schedule_default(mod, target, tuned=tuned)
+        timings["schedule"] = time.perf_counter() - start
+        start = time.perf_counter()
+        executable = tvm.compile(mod, target=target,
+                                 relax_pipeline=gpu_lowering(target) if is_gpu(target) else "default")
+        timings["codegen"] = time.perf_counter() - start
+        return executable
 
 
 def gpu_lowering(target: tvm.target.Target) -> tvm.transform.Pass:

@@ -3,7 +3,7 @@
 Every command only parses arguments, calls one library verb and prints; a ``UserError`` anywhere
 becomes one line on stderr and exit status 2, never a traceback. Modules: ``compile`` (targets,
 export-builtin, compile), ``run``, ``device`` (bench, devices, device), ``unify`` (unify, inspect),
-``demo``; ``rpc_options`` holds the device-addressing options ``run`` and ``bench`` share.
+``demo``, ``tune``; ``rpc_options`` holds the device-addressing options ``run`` and ``bench`` share.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Callable, Sequence
 
 from ..errors import UserError
 from . import compile as compile_commands
-from . import demo, device, run, unify
+from . import demo, device, run, tune, unify
 
 Registrar = Callable[["argparse._SubParsersAction"], None]
 REGISTRARS: list[Registrar] = [compile_commands.register, run.register, demo.register, unify.register,
-                               device.register]
+                               device.register, tune.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,22 +24,35 @@ def _cmd_export_builtin(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({builtin.name}, input {builtin.input_shape}, BatchNorm-calibrated)")
 
 
+def schedule_summary(result) -> str:
+    """Per kernel, whether it runs a tuned schedule or the default, and which records were used."""
+    if result.records is None:
+        return "schedules: defaults (no tuning records for this target)"
+    tuned = sum(v == "tuned" for v in result.schedules.values())
+    lines = [f"schedules: {tuned} of {len(result.schedules)} kernels tuned (records {result.records})"]
+    lines += [f"  {source:7s} {kernel}" for kernel, source in result.schedules.items()]
+    return "\n".join(lines)
+
+
 def _cmd_compile(args: argparse.Namespace) -> None:
     from ..compiler import compile_model
     from ..fileio import load_npy
     from ..frontend import parse_shape
     from ..passes import report_table
     from ..targets import android_preset, load_target
+    from ..tuning.records import SHIPPED
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     preset = load_target(args.target)
     if args.android_ndk:
         preset = android_preset(preset, args.android_ndk)
     samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
+    schedules = None if args.no_schedules else (args.schedules or SHIPPED)
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
-                           calibration=samples, emit_source=args.emit_source)
+                           calibration=samples, emit_source=args.emit_source, schedules=schedules)
     if result.report:
         print(report_table(result.report))
+    print(schedule_summary(result))
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.output} for target {result.target} (input {result.input_shape}; {stages})")
 
@@ -75,4 +88,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--emit-source", metavar="DIR",
                    help="also write the generated code into DIR: assembly (.s) and LLVM IR (.ll) for CPU kernels, "
                         "OpenCL C (.cl) for GPU kernels")
+    records = p.add_mutually_exclusive_group()
+    records.add_argument("--schedules", metavar="DIR",
+                         help="tuning records root (DIR/<target>/, as `tvm-unify tune` writes; default: the "
+                              "records shipped with tvm-unify)")
+    records.add_argument("--no-schedules", action="store_true", help="ignore tuning records: default schedules only")
     p.set_defaults(func=_cmd_compile)

@@ -28,7 +28,7 @@ the shifts, masks and lane extractions that decoding the sign word took (1.4-1.7
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -54,6 +54,7 @@ class _RowGrouped:
 
     scales: np.ndarray  # (nbr, width) float32, 0 in pad slots (a unified block's scale is > 0)
     order: np.ndarray  # (nbr,) int32: the weight's block row that sorted row r holds
+    max_groups = MAX_GROUPS  # a class default, not a field: ``with_max_groups`` sets it on a copy
 
     @property
     def width(self) -> int:
@@ -68,7 +69,16 @@ class _RowGrouped:
     def groups(self) -> tuple[RowGroup, ...]:
         """The row groups the kernels loop over (derived from the arrays, so a kernel regenerated from
         its call's constants gets the same loops)."""
-        return row_groups(self.counts)
+        return row_groups(self.counts, self.max_groups)
+
+    def with_max_groups(self, max_groups: int):
+        """This weight with kernels looping over at most ``max_groups`` row groups: a tuning knob, fewer
+        loop nests (less code, fewer branches) against more computed pad slots."""
+        if max_groups == self.max_groups:
+            return self
+        copy = replace(self)
+        copy.max_groups = max_groups
+        return copy
 
     @property
     def padding(self) -> float:

@@ -29,6 +29,7 @@ from tvm.script import tirx as T
 
 from .common import GemmProblem, WordGather, lane_reduce, pack_int8x4, pad_copy, pick_lanes, quantize, row_chunks, x_at
 from .epilogue import Step, bind_epilogue, with_params
+from .ell import MAX_GROUPS
 
 MODES = ("fp32", "int8")
 DEFAULT_LANES = 16
@@ -43,7 +44,9 @@ class KernelOptions:
     """How a unified kernel computes: ``mode`` (fp32, or int8 activations x +-1 weights), the int8
     activation scale (None: computed per call), vector ``lanes``, ``algorithm`` (None: the default for
     the mode and shape, ``unified.default_algorithm``), parallel ``tasks`` of the lut algorithm (the
-    device's cores), and the ``epilogue`` applied at each store."""
+    device's cores), and the ``epilogue`` applied at each store. ``row_tasks`` (parallel tasks of the
+    other algorithms) and ``max_groups`` (row-group loop nests, ``ell.row_groups``) are tuning knobs
+    (``tuning/space.py``): their defaults are what an untuned build uses."""
 
     mode: str = "fp32"
     act_scale: float | None = None
@@ -51,6 +54,8 @@ class KernelOptions:
     algorithm: str | None = None
     tasks: int = DEFAULT_TASKS
     epilogue: Sequence[Step] = ()
+    row_tasks: int = ROW_TASKS
+    max_groups: int = MAX_GROUPS
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

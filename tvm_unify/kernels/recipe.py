@@ -22,7 +22,8 @@ def with_recipe(kernel: tvm.tirx.PrimFunc, shape: dict, block: tuple[int, int], 
     recipe = {**shape, "mode": options.mode,
               "act_scale": None if options.act_scale is None else float(options.act_scale),
               "lanes": options.lanes, "algorithm": options.algorithm, "tasks": options.tasks, "block": list(block),
-              "ell_args": list(range(1, 1 + arrays)), "epilogue": [step.describe() for step in options.epilogue]}
+              "ell_args": list(range(1, 1 + arrays)), "epilogue": [step.describe() for step in options.epilogue],
+              "row_tasks": options.row_tasks, "max_groups": options.max_groups}
     return kernel.with_attr(RECIPE_ATTR, json.dumps(recipe))
 
 
@@ -43,7 +44,7 @@ def recipe_of(func: tvm.ir.BaseFunc) -> dict | None:
 def options_of(recipe: dict, epilogue) -> KernelOptions:
     """The kernel options a recipe records, with ``epilogue`` instead of its own."""
     return KernelOptions(recipe["mode"], recipe["act_scale"], recipe["lanes"], recipe["algorithm"], recipe["tasks"],
-                         tuple(epilogue))
+                         tuple(epilogue), recipe["row_tasks"], recipe["max_groups"])
 
 
 def geometry_of(recipe: dict) -> Conv2dGeometry:

@@ -13,7 +13,10 @@ with pixels innermost for the sign-apply kernels, four consecutive k per pixel f
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +26,7 @@ from .common import Conv2dGeometry, GemmProblem, conv2d_problem, dense_problem
 from .direct import direct_body
 from .ell import EllWeight, LutWeight, to_lut
 from .epilogue import Step
-from .gemm import ROW_TASKS, KernelOptions, gemm_kernel, plan_gemm
+from .gemm import KernelOptions, gemm_kernel, plan_gemm
 from .gemv import gemv_body
 from .lut import lut_body
 from .neon import CpuFeatures, dot_lanes, row_lanes
@@ -103,7 +106,8 @@ def _resolve(weight: KernelWeight, problem: GemmProblem, options: KernelOptions)
 def _unified(problem: GemmProblem, weight: KernelWeight, options: KernelOptions,
              shape: dict) -> tvm.tirx.PrimFunc:
     options = _resolve(weight, problem, options)
-    min_tasks = options.tasks if options.algorithm == "lut" else ROW_TASKS
+    min_tasks = options.tasks if options.algorithm == "lut" else options.row_tasks
+    weight = weight.with_max_groups(options.max_groups)
     plan = plan_gemm(problem, weight, FIELDS[type(weight)], options, min_tasks)
     kernel = gemm_kernel(plan, ALGORITHMS[options.algorithm])
     return with_recipe(kernel, shape, (weight.rows, weight.cols), len(weight.arrays), options)
@@ -121,6 +125,46 @@ def unified_dense(batch: int, in_features: int, out_features: int, weight: Kerne
     y)."""
     return _unified(dense_problem(batch, in_features, out_features), weight, options,
                     dense_shape(batch, in_features, out_features))
+
+
+@dataclass(frozen=True)
+class UnifiedLayer:
+    """A unified conv2d/linear as its kernel sees it: the layer ``name``, ``op``, the conv geometry or a
+    linear's (batch, in, out) ``dims``, the weight ``layout``, the blocked-ELL weight and the ``options``
+    an untuned build uses. What a tuner varies the options of, and what its records are keyed by."""
+
+    name: str
+    op: str
+    dims: Conv2dGeometry | tuple[int, int, int]
+    layout: str
+    ell: EllWeight
+    options: KernelOptions
+
+    @property
+    def columns(self) -> int:
+        """The GEMM's column count P (pixels over the batch, or a linear's batch)."""
+        return self.dims.pixels if self.op == "conv2d" else self.dims[0]
+
+    @cached_property
+    def key(self) -> str:
+        """The workload: op, shapes, block, mode and a hash of the block pattern (which blocks exist, not
+        their values), so equal layers of different models share a record and a retrained model whose
+        pattern moved does not reuse a stale one."""
+        ell = self.ell
+        pattern = hashlib.sha256()
+        for array in (ell.order, np.where(ell.scales != 0, ell.columns, -1)):
+            pattern.update(np.ascontiguousarray(array, dtype=np.int32).tobytes())
+        dims = asdict(self.dims) if self.op == "conv2d" else list(self.dims)
+        text = json.dumps([self.op, dims, self.layout, [ell.rows, ell.cols], self.options.mode,
+                           self.options.act_scale is None, pattern.hexdigest()], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def kernel(self, options: KernelOptions) -> tuple[tvm.tirx.PrimFunc, KernelWeight]:
+        """The kernel with ``options`` (an algorithm must be set), and the weight form it reads."""
+        weight = kernel_weight(self.ell, options.mode, self.columns, options.algorithm)
+        if self.op == "conv2d":
+            return unified_conv2d(self.dims, weight, self.layout, options), weight
+        return unified_dense(*self.dims, weight, options), weight
 
 
 def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:

@@ -19,7 +19,7 @@ Analyse, then rewrite (the shape of TVM's ``FoldBatchnormToConv2D``, with the de
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import tvm
@@ -29,8 +29,8 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from ..errors import UserError
 from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerprint
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, KernelOptions, LutWeight,
-                       cpu_features, free_conv2d, free_dense, kernel_weight, target_options, to_ell, to_free_ell,
-                       unified_conv2d, unified_dense)
+                       cpu_features, free_conv2d, free_dense, target_options, to_ell, to_free_ell)
+from ..kernels.unified import UnifiedLayer
 from ..kernels.gpu import GpuLimits, gpu_conv2d, gpu_dense, gpu_free_conv2d, gpu_free_dense, is_gpu_target
 from .report import LayerReport
 from .shapes import static_tensor_shape
@@ -75,13 +75,15 @@ class LowerUnifiedBlocks:
     path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
     task count of the table-lookup kernels (the target device's cores), ``target`` the codegen target
     the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the fp32 GPU kernels
-    of ``kernels/gpu.py``). After the pass has run, ``report`` lists every conv2d/linear layer it saw.
+    of ``kernels/gpu.py``), ``choose`` the CPU kernel options per layer (tuning records, ``tuning/``;
+    None: the defaults). After the pass has run, ``report`` lists every conv2d/linear layer it saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
                  layer_names: Mapping[str, str] | None = None, act_scales: Mapping[str, float] | None = None,
                  lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS,
-                 target: tvm.target.Target | None = None) -> None:
+                 target: tvm.target.Target | None = None,
+                 choose: Callable[[UnifiedLayer], KernelOptions] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
@@ -91,6 +93,7 @@ class LowerUnifiedBlocks:
         self.lanes = lanes
         self.tasks = tasks
         self.target = target
+        self.choose = choose
         self.gpu = GpuLimits.of(target) if is_gpu_target(target) else None
         if self.gpu is not None and mode != "fp32":
             raise UserError(f"{mode} unified kernels run on CPUs only: build for {target.kind.name} with --mode fp32")
@@ -189,9 +192,8 @@ class LowerUnifiedBlocks:
         row = dims.out_hw[1] if conv and not dims.reads_input_in_place else None  # a gathered conv's rows
         options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
                                  cpu_features(self.target), enc.spec.shape, columns, group, row)
-        weight = kernel_weight(to_ell(enc), self.mode, columns, options.algorithm)
-        func = (unified_conv2d(dims, weight, enc.spec.layout, options) if conv
-                else unified_dense(*dims, weight, options))
+        layer = UnifiedLayer(entry.layer, entry.op, dims, enc.spec.layout, to_ell(enc), options)
+        func, weight = layer.kernel(options if self.choose is None else self.choose(layer))
         kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
         return weight
 

@@ -13,24 +13,29 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from ..schedule import SCHEDULED, ApplyDefaultSchedules
-from .tasks import kernel_tasks
+from .tasks import Task, kernel_tasks
+from .records import workload_hash
 from .tune import valid_records
 
 RACE_ROUNDS = 3  # alternating timing rounds per kernel race (min over all of them)
 RACE_REPEATS = 5
 RACE_MIN_REPEAT_MS = 10
+RTOL = 1e-4  # a tuned kernel's output may differ from the default's by this much (summation order)
 
 
 @dataclass
 class Race:
     """Per-kernel outcome of keep-the-better: seconds per call of the default schedule and of the best
-    database record, and how many valid records the database holds for the kernel."""
+    database record, how many valid records the database holds for the kernel, its workload hash
+    (``records.workload_hash``) and whether the tuned kernel computes what the default one does."""
 
     task: str
     weight: int
     default: float
     tuned: float
     records: int
+    workload: str = ""
+    agrees: bool = True
 
     @property
     def best(self) -> float:
@@ -38,7 +43,7 @@ class Race:
 
     @property
     def winner(self) -> str:
-        return "tuned" if self.tuned < self.default else "default"
+        return "tuned" if self.agrees and self.tuned < self.default else "default"
 
 
 def default_kernel(task_mod: tvm.IRModule, target: tvm.target.Target) -> tirx.PrimFunc:
@@ -53,19 +58,31 @@ def _random_args(func: tirx.PrimFunc) -> list[tvm.runtime.Tensor]:
     return [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)) for p in func.params]
 
 
-def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target) -> dict[str, float]:
+def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target
+                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Seconds per call of each version of one kernel, timed alone on the same random inputs in the
     current thread pool: minimum over ``RACE_ROUNDS`` alternating rounds, so a burst of load from
-    other processes cannot decide the race."""
+    other processes cannot decide the race; and each version's output (its last parameter) on them."""
     libs = {label: tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
             for label, f in funcs.items()}
-    args = _random_args(next(iter(funcs.values())))
+    inputs = [a.numpy() for a in _random_args(next(iter(funcs.values())))]
+    outputs = {}
+    for label, lib in libs.items():
+        args = [tvm.runtime.tensor(a) for a in inputs]
+        lib["main"](*args)
+        outputs[label] = args[-1].numpy()
+    args = [tvm.runtime.tensor(a) for a in inputs]
     best = dict.fromkeys(funcs, math.inf)
     for _ in range(RACE_ROUNDS):
         for label, lib in libs.items():
             evaluator = lib.time_evaluator("main", tvm.cpu(), repeat=RACE_REPEATS, min_repeat_ms=RACE_MIN_REPEAT_MS)
             best[label] = min(best[label], min(evaluator(*args).results))
-    return best
+    return best, outputs
+
+
+def agree(ours: np.ndarray, reference: np.ndarray) -> bool:
+    """Whether ``ours`` matches ``reference`` within ``RTOL`` of its largest magnitude."""
+    return bool(np.abs(ours - reference).max(initial=0) <= RTOL * max(np.abs(reference).max(initial=0), 1e-30))
 
 
 def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target,
@@ -82,14 +99,21 @@ def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.t
         schedule = database.query_schedule(task.mod, target, "main")
         if schedule is not None:
             versions["tuned"] = schedule.mod["main"]
-            seconds = kernel_seconds(versions, target)
-            race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task))
+            seconds, outputs = kernel_seconds(versions, target)
+            race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task),
+                        workload_hash(task.mod), agree(outputs["tuned"], outputs["default"]))
             races.append(race)
             log(f"    {task.name}: default {race.default * 1e6:.1f} us, tuned {race.tuned * 1e6:.1f} us "
-                f"({race.records} records): keep {race.winner}")
+                f"({race.records} records{'' if race.agrees else ', OUTPUT DIFFERS'}): keep {race.winner}")
             best = versions[race.winner]
         else:
             best = versions["default"]
-        for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
-            mod[gvar] = best.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})
+        install(mod, task, best)
     return mod, races, len(tasks)
+
+
+def install(mod: tvm.IRModule, task: Task, func: tirx.PrimFunc) -> None:
+    """Put ``func`` (a scheduled version of ``task``'s kernel) in place of every function of ``mod`` that is
+    that kernel, marked scheduled so the default rules leave it alone."""
+    for gvar in task.gvars:  # the normalized kernel is named "main": take back the module's attributes
+        mod[gvar] = func.without_attr("global_symbol").with_attrs({**mod[gvar].attrs, SCHEDULED: True})

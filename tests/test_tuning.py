@@ -1,0 +1,134 @@
+"""``tvm-unify tune``: records written and resumed, ``compile`` applying them, unified-kernel knobs that
+change the kernel but not its output, one-line errors for corrupt records, and (slow) tuning with the
+count runner over RPC on the emulated aarch64 device."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from rpc_servers import cli_error
+from tvm_unify.cli import main
+from tvm_unify.compiler import compile_model, lower_unified
+from tvm_unify.frontend import import_torchscript
+from tvm_unify.kernels import CpuFeatures, regenerate
+from tvm_unify.kernels.recipe import recipe_of
+from tvm_unify.runtime.local import run_local
+from tvm_unify.targets import load_target
+from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model
+from tvm_unify.torchscript import save_torchscript
+from tvm_unify.tuning.model import tune_model
+from tvm_unify.tuning.records import UNIFIED_FILE, Records
+from tvm_unify.tuning.runners import LocalRunner
+from tvm_unify.tuning.space import candidates, options_for
+
+
+@pytest.fixture(scope="module")
+def digits_pt(tmp_path_factory):
+    """digits-cnn with 4x4 unified blocks at 75% sparsity, as TorchScript."""
+    model, _ = unified_model("digits-cnn")
+    path = tmp_path_factory.mktemp("tuning") / "digits-u.pt"
+    save_torchscript(model, path, (1, 1, 8, 8), {"model": "digits-cnn"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned_root(digits_pt, tmp_path_factory):
+    """Records of digits-cnn after one 8-trial local run (through the CLI)."""
+    root = tmp_path_factory.mktemp("schedules")
+    assert main(["tune", str(digits_pt), "--trials", "8", "--schedules", str(root)]) == 0
+    return root
+
+
+def _trials(root) -> dict[str, int]:
+    return {key: len(entry["trials"]) for key, entry in Records(root / "host").unified.items()}
+
+
+def test_tune_writes_records_and_compile_uses_them(digits_pt, tuned_root, tmp_path, capsys):
+    records = Records(tuned_root / "host")
+    assert sum(_trials(tuned_root).values()) == 8
+    # Make one decision deterministic (on a loaded machine the race may keep the default): the best
+    # checked candidate of the tuned workload.
+    key, entry = next((k, e) for k, e in records.unified.items() if e["trials"])
+    best = min((t for t in entry["trials"] if t.get("cost")), key=lambda t: t["cost"])
+    entry["decision"] = {"knobs": best["knobs"], "cost": best["cost"], "default": entry["default"]}
+    records.save_unified()
+    so = tmp_path / "tuned.so"
+    assert main(["compile", str(digits_pt), "-o", str(so), "--schedules", str(tuned_root)]) == 0
+    out = capsys.readouterr().out
+    assert f"tuned   {entry['layer']}" in out and "records" in out
+    imported = import_torchscript(digits_pt)
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    assert_matches(run_local(so, x), torch_reference(imported, x))
+    untuned = compile_model(imported, "host", tmp_path / "plain.so", schedules=None)
+    assert untuned.records is None and "tuned" not in untuned.schedules.values()
+
+
+def test_resumed_run_adds_to_the_records(digits_pt, tuned_root, tmp_path):
+    root = tmp_path / "resume"
+    (root / "host").mkdir(parents=True)
+    (root / "host" / UNIFIED_FILE).write_text((tuned_root / "host" / UNIFIED_FILE).read_text())
+    before = _trials(root)
+    tune_model(digits_pt, load_target("host"), root / "host", LocalRunner(), trials=16, log=lambda m: None)
+    after = _trials(root)
+    assert sum(after.values()) > sum(before.values())
+    assert all(after.get(k, 0) >= n for k, n in before.items())
+
+
+def test_corrupt_records_give_one_line_and_no_write(digits_pt, tmp_path, capsys):
+    records = tmp_path / "host" / UNIFIED_FILE
+    records.parent.mkdir(parents=True)
+    records.write_text('{"format": "tvm-unify-unified-records/1", "workloads": {"a": ')
+    err = cli_error(capsys, ["tune", str(digits_pt), "--trials", "8", "--schedules", str(tmp_path)])
+    assert "corrupt tuning records" in err and str(records) in err
+    assert records.read_text().endswith('"a": ')
+    assert sorted(p.name for p in records.parent.iterdir()) == [UNIFIED_FILE]
+    err = cli_error(capsys, ["compile", str(digits_pt), "-o", str(tmp_path / "m.so"), "--schedules", str(tmp_path)])
+    assert "corrupt tuning records" in err
+    assert not (tmp_path / "m.so").exists()
+
+
+def test_tuned_knobs_change_the_kernel_not_its_output(digits_pt):
+    """Every knob away from its default, through regeneration from the recipe (epilogue fusion)."""
+    layers = []
+    lower_unified(import_torchscript(digits_pt), "fp32", tasks=2,
+                  choose=lambda layer: layers.append(layer) or layer.options)
+    layer = layers[0]
+    pool = candidates(layer, CpuFeatures())
+    knobs = next(k for k in pool if k["algorithm"] == "direct" and k["max_groups"] == 1 and k["row_tasks"] == 4)
+    default_func, default_weight = layer.kernel(layer.options)
+    func, weight = layer.kernel(options_for(layer, knobs))
+    recipe = recipe_of(func)
+    assert (recipe["algorithm"], recipe["row_tasks"], recipe["max_groups"]) == ("direct", 4, 1)
+    assert func.script() != default_func.script()
+    regenerated = regenerate(recipe, weight.arrays, ())
+    assert recipe_of(regenerated)["row_tasks"] == 4 and recipe_of(regenerated)["max_groups"] == 1
+    g = layer.dims
+    x = np.random.default_rng(0).standard_normal((g.batch, g.in_channels, g.height, g.width)).astype("float32")
+    shape = (g.batch, g.out_channels, *g.out_hw)
+    ref = run_kernel(default_func, x, default_weight, shape)
+    assert_matches(run_kernel(regenerated, x, weight, shape), ref)
+    assert_matches(run_kernel(layer.kernel(replace(layer.options, max_groups=1))[0], x, default_weight, shape), ref)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_count_runner_over_rpc_on_the_emulated_device(digits_pt, tmp_path, capsys):
+    from tvm_unify.device.emulator import start_device, stop_device
+    from tvm_unify.device.procs import free_port
+
+    state = start_device(free_port(), log=print)
+    try:
+        assert main(["tune", str(digits_pt), "--target", "a76", "--runner", "count", "--rpc",
+                     f"127.0.0.1:{state.port}", "--trials", "2", "--schedules", str(tmp_path)]) == 0
+    finally:
+        stop_device(state.port)
+    out = capsys.readouterr().out
+    assert "k insn" in out and "dense kernels keep their default schedules" in out
+    entries = json.loads((tmp_path / "a76" / UNIFIED_FILE).read_text())["workloads"]
+    measured = [t for e in entries.values() for t in e["trials"]]
+    assert len(measured) == 2 and all(e["unit"] == "instructions" for e in entries.values())
+    assert all(t["cost"] and float(t["cost"]).is_integer() for t in measured)

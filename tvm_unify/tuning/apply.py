@@ -1,0 +1,46 @@
+"""Tuning records at compile time: the unified layers get their accepted knobs (``RecordChooser``, the
+``choose`` hook of ``LowerUnifiedBlocks``), the dense kernels whose tune-time race the tuned schedule
+won get that schedule from the database (``install_dense``); everything else keeps its default. Nothing
+is timed here: the decisions were made when tuning."""
+
+from __future__ import annotations
+
+import tvm
+
+from ..kernels import KernelOptions
+from ..kernels.unified import UnifiedLayer
+from ..schedule import is_scheduled
+from .keep_better import install
+from .records import Records, workload_hash
+from .space import options_for
+from .tasks import kernel_tasks
+
+
+class RecordChooser:
+    """Options per unified layer from ``records``; ``used`` says, per layer, ``tuned`` or ``default``."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+        self.used: dict[str, str] = {}
+
+    def __call__(self, layer: UnifiedLayer) -> KernelOptions:
+        decision = self.records.unified.get(layer.key, {}).get("decision")
+        self.used[layer.name] = "tuned" if decision else "default"
+        return options_for(layer, decision["knobs"]) if decision else layer.options
+
+
+def install_dense(mod: tvm.IRModule, records: Records, target: tvm.target.Target) -> dict[str, str]:
+    """Install, in place, the tuned schedule of every unscheduled kernel of the prepared ``mod`` whose
+    recorded decision is ``tuned``; returns ``tuned`` or ``default`` per kernel name."""
+    used: dict[str, str] = {}
+    database = records.dense_database() if records.decisions else None
+    for task in kernel_tasks(mod):
+        if is_scheduled(mod[task.gvars[0]]):
+            continue
+        decision = records.decisions.get(workload_hash(task.mod), {})
+        record = (database.query_schedule(task.mod, target, "main")
+                  if database is not None and decision.get("keep") == "tuned" else None)
+        if record is not None:
+            install(mod, task, record.mod["main"])
+        used[task.name] = "default" if record is None else "tuned"
+    return used

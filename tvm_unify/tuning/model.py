@@ -1,0 +1,161 @@
+"""The ``tune`` verb: every kernel of a compiled model, unified and dense, tuned into the records folder
+of its target, with the decisions ``compile`` then applies without timing anything.
+
+- Tasks: the unified layers as ``LowerUnifiedBlocks`` generates them for the target (one workload per
+  layer: the block pattern is part of the key), and the dense kernels of the prepared module that carry
+  at least ``MIN_FLOP_SHARE`` of its FLOPs. The trial budget is split over all of them by FLOPs x
+  occurrences (``budget.allocate``); ``time_budget`` instead stops starting new batches/tasks when it
+  runs out. Both searches commit every measured batch, so a killed run resumes from its records.
+- Unified kernels: the knob search (``search.py``) with the given runner: this machine, a device over
+  RPC, or instruction counts on the emulated device.
+- Dense kernels: meta-schedule (evolutionary search, XGBoost) and then keep-the-better, raced here and
+  recorded per kernel (``records.py``). Meta-schedule measures on this machine, so dense kernels are
+  tuned only with the local runner; on a device they keep the default rules (see README, Tuning).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import tvm
+
+from ..compiler import lower_unified
+from ..errors import UserError
+from ..frontend import import_torchscript
+from ..kernels import cpu_features
+from ..kernels.unified import UnifiedLayer
+from ..pipeline import codegen_target, prepare_passes
+from ..schedule import is_scheduled
+from ..targets import TargetPreset
+from .budget import TRIALS_PER_ITER, allocate
+from .keep_better import keep_better
+from .records import DENSE_DIR, Records
+from .runners import LocalRunner, Runner
+from .search import UnifiedSearch, describe
+from .tasks import Task, kernel_tasks, tunable
+from .tune import tune_tasks_resumable
+
+TRIALS_PER_TASK_UNBOUNDED = 64  # with only a time budget: trials per task the run aims at
+
+
+@dataclass
+class TaskRow:
+    """One line of the tune table: a unified layer or a dense kernel, its work, trials and costs (in
+    ``unit``; None where nothing was measured) and whether the tuned version is kept."""
+
+    kind: str
+    name: str
+    flops: float
+    trials: int
+    default: float | None = None
+    best: float | None = None
+    tuned: bool = False
+    unit: str = "s"
+
+    @property
+    def speedup(self) -> float | None:
+        return self.default / self.best if self.default and self.best else None
+
+
+def unified_flops(layer: UnifiedLayer) -> float:
+    """Multiply-adds x 2 the layer's kept blocks compute."""
+    return 2.0 * float(layer.ell.counts.sum()) * layer.ell.rows * layer.ell.cols * layer.columns
+
+
+def _layers(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
+            ) -> tuple[tvm.IRModule, list[UnifiedLayer]]:
+    """The lowered module and its unified layers (distinct workloads), with their untuned options."""
+    layers: dict[str, UnifiedLayer] = {}
+
+    def collect(layer: UnifiedLayer):
+        layers.setdefault(layer.key, layer)
+        return layer.options
+
+    mod, _ = lower_unified(imported, mode, tasks=preset.cores, target=target, choose=collect)
+    return mod, list(layers.values())
+
+
+def _dense_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[Task]]:
+    """The prepared module and its unscheduled kernels worth tuning (the unified ones are scheduled)."""
+    with target:
+        prepared = tvm.transform.Sequential(prepare_passes())(mod)
+    tasks = [t for t in kernel_tasks(prepared) if not is_scheduled(prepared[t.gvars[0]])]
+    return prepared, tunable(tasks)
+
+
+def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, runner: Runner,
+               trials: int | None = None, time_budget: float | None = None, mode: str = "fp32",
+               dense: bool = False, threads: int = 2, log: Callable[[str], None] = print,
+               progress: Callable[[int, int], None] = lambda done, total: None) -> list[TaskRow]:
+    """Tune ``model``'s kernels for ``preset`` into the records in ``directory`` (the target's folder)
+    with ``trials`` trials in all, or for ``time_budget`` seconds; returns the table rows."""
+    if trials is None and time_budget is None:
+        raise UserError("give --trials N or --time-budget SECONDS")
+    records = Records(directory)  # parses what is there first: a corrupt file stops the run before any write
+    tune_dense = isinstance(runner, LocalRunner)
+    if tune_dense:
+        records.dense_database()
+    deadline = math.inf if time_budget is None else time.perf_counter() + time_budget
+    target = codegen_target(preset)
+    imported = import_torchscript(model)
+    mod, layers = (imported.mod, []) if dense else _layers(imported, mode, preset, target)
+    prepared, tasks = _dense_tasks(mod, target) if tune_dense else (mod, [])
+    if not tune_dense:
+        log(f"dense kernels keep their default schedules: meta-schedule measures on this machine, not with "
+            f"the {runner.label} runner")
+    work = sorted([(unified_flops(layer), layer) for layer in layers] + [(t.cost, t) for t in tasks],
+                  key=lambda pair: -pair[0])
+    if not work:
+        raise UserError(f"{model} has no kernel to tune for {preset.name}")
+    total = trials if trials is not None else TRIALS_PER_TASK_UNBOUNDED * len(work)
+    budget = allocate([cost for cost, _ in work], total, min(total, TRIALS_PER_ITER))
+    done = 0
+
+    def step(count: int) -> None:
+        nonlocal done
+        done += count
+        progress(done, sum(budget))
+
+    search = UnifiedSearch(records, runner, target, cpu_features(target), log, lambda n: step(n))
+    rows: list[TaskRow] = []
+    for (cost, item), n in zip(work, budget):
+        if isinstance(item, UnifiedLayer):
+            if n and time.perf_counter() < deadline:
+                out = search.tune(item, n, deadline)
+                rows.append(TaskRow("unified", f"{item.name} ({describe(item)})", cost, out.trials, out.default,
+                                    out.best, out.tuned, runner.unit))
+            else:
+                rows.append(TaskRow("unified", f"{item.name} ({describe(item)})", cost, 0, unit=runner.unit))
+    dense_budget = [(item, n) for (cost, item), n in zip(work, budget) if isinstance(item, Task)]
+    if dense_budget:
+        rows += _tune_dense(prepared, dense_budget, records, target, threads, deadline, log, step)
+    return rows
+
+
+def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records: Records,
+                target: tvm.target.Target, threads: int, deadline: float, log: Callable[[str], None],
+                step: Callable[[int], None]) -> list[TaskRow]:
+    """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel."""
+    work_dir = records.dir / DENSE_DIR
+    for task, n in budget:
+        if n and time.perf_counter() < deadline:
+            tune_tasks_resumable([task], [n], work_dir, target, threads, log=log)
+        step(n)
+    database = records.dense_database()
+    _, races, _ = keep_better(prepared, database, target, log=log)
+    for race in races:
+        records.decisions[race.workload] = {"kernel": race.task, "default": race.default, "tuned": race.tuned,
+                                            "keep": race.winner, "agrees": race.agrees}
+    records.save_decisions()
+    by_name = {race.task: race for race in races}
+    rows = []
+    for task, n in budget:
+        race = by_name.get(task.name)
+        rows.append(TaskRow("dense", task.name, task.cost, n, race and race.default, race and race.tuned,
+                            bool(race) and race.winner == "tuned"))
+    return rows
