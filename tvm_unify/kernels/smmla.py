@@ -13,45 +13,24 @@ at the store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from tvm.script import tirx as T
 
 from .common import each_row
-from .ell import EllWeight, _RowGrouped
+from .ell import EllWeight
 from .gemm import GemmPlan
-from .sdot import to_dot
+from .sdot import DotWeight, to_dot
 
 SMMLA = "llvm.aarch64.neon.smmla.v4i32.v16i8"
 
 
-@dataclass
-class PairWeight(_RowGrouped):
-    """Per sorted block row ``r`` and pair ``l`` of its blocks: their two block columns, and per k word
-    ``q`` and pair of weight rows ``rp`` the 4 words ``[A row 2rp, B row 2rp, A row 2rp+1, B row 2rp+1]``
-    (``words[r, l, (q * rows // 2 + rp) * 4 + ...]``); per block row the int8 grid's scale."""
-
-    rows: int
-    cols: int
-    columns: np.ndarray  # (nbr, pairs, 2) int32
-    words: np.ndarray  # (nbr, pairs, cols // 4 * rows * 2) int32, 0 in pad slots
-    row_scales: np.ndarray  # (nbr,) float32
-    order: np.ndarray
-
-    @property
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.columns, self.words, self.row_scales, self.order)
-
-    @property
-    def width(self) -> int:
-        return int(self.words.shape[1])
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Pairs per sorted row (a pair with one real block counts)."""
-        return (self.words != 0).any(axis=2).sum(axis=1)
+class PairWeight(DotWeight):
+    """``DotWeight``'s arrays regrouped per pair ``l`` of a sorted block row's blocks: ``columns[r, l]``
+    holds the two block columns, and per k word ``q`` and pair of weight rows ``rp`` the words are
+    ``[A row 2rp, B row 2rp, A row 2rp+1, B row 2rp+1]`` (``words[r, l, (q * rows // 2 + rp) * 4 + ...]``).
+    A row's count is its pairs (a pair with one real block counts)."""
 
 
 def to_pairs(ell: EllWeight) -> PairWeight:

@@ -98,7 +98,7 @@ def _resolve(weight: KernelWeight, problem: GemmProblem, options: KernelOptions)
         raise ValueError(f"algorithm {algorithm!r} does not exist for mode {options.mode} and "
                          f"{problem.p_extent} columns")
     form = FORMS.get(algorithm, (EllWeight,))[0]
-    if not isinstance(weight, form):
+    if type(weight) is not form:  # exact: a PairWeight is a DotWeight with another layout
         raise ValueError(f"algorithm {algorithm!r} takes a {form.__name__}, not a {type(weight).__name__}")
     return replace(options, algorithm=algorithm)
 
