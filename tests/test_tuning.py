@@ -23,7 +23,8 @@ from tvm_unify.torchscript import save_torchscript
 from tvm_unify.tuning.model import tune_model
 from tvm_unify.tuning.records import UNIFIED_FILE, Records
 from tvm_unify.tuning.runners import LocalRunner
-from tvm_unify.tuning.space import candidates, options_for
+from tvm_unify.tuning.apply import RecordChooser
+from tvm_unify.tuning.space import candidates, knobs_of, options_for
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_tune_writes_records_and_compile_uses_them(digits_pt, tuned_root, tmp_pa
     so = tmp_path / "tuned.so"
     assert main(["compile", str(digits_pt), "-o", str(so), "--schedules", str(tuned_root)]) == 0
     out = capsys.readouterr().out
-    assert f"tuned   {entry['layer']}" in out and "records" in out
+    assert ["tuned", entry["layer"]] in [line.split() for line in out.splitlines()]
     imported = import_torchscript(digits_pt)
     x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
     assert_matches(run_local(so, x), torch_reference(imported, x))
@@ -89,6 +90,22 @@ def test_corrupt_records_give_one_line_and_no_write(digits_pt, tmp_path, capsys)
     err = cli_error(capsys, ["compile", str(digits_pt), "-o", str(tmp_path / "m.so"), "--schedules", str(tmp_path)])
     assert "corrupt tuning records" in err
     assert not (tmp_path / "m.so").exists()
+
+
+def test_a_layer_of_the_same_shape_gets_the_recorded_knobs(digits_pt, tmp_path):
+    """Another model's layer with the same shapes but another block pattern: the decision of its shape."""
+    layers = []
+    lower_unified(import_torchscript(digits_pt), "fp32", tasks=2,
+                  choose=lambda layer: layers.append(layer) or layer.options)
+    layer = layers[0]
+    knobs = {**knobs_of(layer.options), "algorithm": "direct", "row_tasks": 8}
+    records = Records(tmp_path)
+    records.unified["another-pattern"] = {"shape_key": layer.shape_key, "trials": [],
+                                          "decision": {"knobs": knobs, "cost": 1.0, "default": 2.0}}
+    chooser = RecordChooser(records)
+    assert chooser(layer) == options_for(layer, knobs)
+    assert chooser.used == {layer.name: "tuned (shape)"}
+    assert RecordChooser(Records(tmp_path / "none"))(layer) == layer.options
 
 
 def test_tuned_knobs_change_the_kernel_not_its_output(digits_pt):

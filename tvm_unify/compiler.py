@@ -45,15 +45,18 @@ class CompileResult:
 
 def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,
                   tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None,
-                  choose: Callable[[UnifiedLayer], KernelOptions] | None = None
-                  ) -> tuple[tvm.IRModule, list[LayerReport]]:
+                  choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
+                  timings: dict[str, float] | None = None) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
     given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels), with
     ``choose`` picking each unified kernel's options (tuning records); return the module and the
-    per-layer report."""
+    per-layer report (and in ``timings["generate"]`` the seconds spent generating unified kernels)."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
                                   act_scales, tasks=tasks, target=target, choose=choose)
-    return lowering(imported.mod), lowering.report
+    mod = lowering(imported.mod)
+    if timings is not None:
+        timings["generate"] = lowering.generation_seconds
+    return mod, lowering.report
 
 
 def export_library(executable: tvm.runtime.Executable, preset: TargetPreset, output: str | os.PathLike) -> None:
@@ -105,8 +108,9 @@ def compile_model(
     if not dense:
         start = time.perf_counter()
         mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset),
-                                    choose=chooser)
+                                    choose=chooser, timings=timings)
         timings["lower"] = time.perf_counter() - start
+        timings["of which kernel generation"] = timings.pop("generate")
     result = compile_module(mod, preset, output, imported.input_shape, emit_source, records)
     result.timings = {**timings, **result.timings}
     result.report = report

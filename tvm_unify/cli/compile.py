@@ -28,9 +28,9 @@ def schedule_summary(result) -> str:
     """Per kernel, whether it runs a tuned schedule or the default, and which records were used."""
     if result.records is None:
         return "schedules: defaults (no tuning records for this target)"
-    tuned = sum(v == "tuned" for v in result.schedules.values())
+    tuned = sum(v.startswith("tuned") for v in result.schedules.values())
     lines = [f"schedules: {tuned} of {len(result.schedules)} kernels tuned (records {result.records})"]
-    lines += [f"  {source:7s} {kernel}" for kernel, source in result.schedules.items()]
+    lines += [f"  {source:13s} {kernel}" for kernel, source in result.schedules.items()]
     return "\n".join(lines)
 
 

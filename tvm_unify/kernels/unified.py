@@ -146,18 +146,26 @@ class UnifiedLayer:
         return self.dims.pixels if self.op == "conv2d" else self.dims[0]
 
     @cached_property
-    def key(self) -> str:
-        """The workload: op, shapes, block, mode and a hash of the block pattern (which blocks exist, not
-        their values), so equal layers of different models share a record and a retrained model whose
-        pattern moved does not reuse a stale one."""
-        ell = self.ell
-        pattern = hashlib.sha256()
-        for array in (ell.order, np.where(ell.scales != 0, ell.columns, -1)):
-            pattern.update(np.ascontiguousarray(array, dtype=np.int32).tobytes())
+    def shape(self) -> list:
+        """What the workload is without its block pattern: op, shapes, block, mode."""
         dims = asdict(self.dims) if self.op == "conv2d" else list(self.dims)
-        text = json.dumps([self.op, dims, self.layout, [ell.rows, ell.cols], self.options.mode,
-                           self.options.act_scale is None, pattern.hexdigest()], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return [self.op, dims, self.layout, [self.ell.rows, self.ell.cols], self.options.mode,
+                self.options.act_scale is None]
+
+    @property
+    def shape_key(self) -> str:
+        """The workload without its block pattern (another model's layer of the same shapes)."""
+        return _digest(self.shape)
+
+    @cached_property
+    def key(self) -> str:
+        """The workload: ``shape`` and a hash of the block pattern (which blocks exist, not their
+        values), so equal layers of different models share a record and a retrained model whose pattern
+        moved does not reuse a stale one."""
+        pattern = hashlib.sha256()
+        for array in (self.ell.order, np.where(self.ell.scales != 0, self.ell.columns, -1)):
+            pattern.update(np.ascontiguousarray(array, dtype=np.int32).tobytes())
+        return _digest([*self.shape, pattern.hexdigest()])
 
     def kernel(self, options: KernelOptions) -> tuple[tvm.tirx.PrimFunc, KernelWeight]:
         """The kernel with ``options`` (an algorithm must be set), and the weight form it reads."""
@@ -165,6 +173,10 @@ class UnifiedLayer:
         if self.op == "conv2d":
             return unified_conv2d(self.dims, weight, self.layout, options), weight
         return unified_dense(*self.dims, weight, options), weight
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:

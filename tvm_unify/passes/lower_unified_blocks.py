@@ -18,6 +18,7 @@ Analyse, then rewrite (the shape of TVM's ``FoldBatchnormToConv2D``, with the de
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -94,6 +95,7 @@ class LowerUnifiedBlocks:
         self.tasks = tasks
         self.target = target
         self.choose = choose
+        self.generation_seconds = 0.0  # spent generating unified kernels (the compile report's timings)
         self.gpu = GpuLimits.of(target) if is_gpu_target(target) else None
         if self.gpu is not None and mode != "fp32":
             raise UserError(f"{mode} unified kernels run on CPUs only: build for {target.kind.name} with --mode fp32")
@@ -193,7 +195,9 @@ class LowerUnifiedBlocks:
         options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
                                  cpu_features(self.target), enc.spec.shape, columns, group, row)
         layer = UnifiedLayer(entry.layer, entry.op, dims, enc.spec.layout, to_ell(enc), options)
+        start = time.perf_counter()
         func, weight = layer.kernel(options if self.choose is None else self.choose(layer))
+        self.generation_seconds += time.perf_counter() - start
         kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
         return weight
 

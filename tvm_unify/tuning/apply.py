@@ -17,16 +17,32 @@ from .tasks import kernel_tasks
 
 
 class RecordChooser:
-    """Options per unified layer from ``records``; ``used`` says, per layer, ``tuned`` or ``default``."""
+    """Options per unified layer from ``records``: the decision of its workload, else (another model's
+    layer of the same shapes: knobs depend on the shapes far more than on which blocks survived) the
+    best decision among workloads of the same shape. ``used`` says per layer ``tuned``, ``tuned
+    (shape)`` or ``default``."""
 
     def __init__(self, records: Records) -> None:
         self.records = records
         self.used: dict[str, str] = {}
+        self.by_shape: dict[str, dict] = {}
+        for entry in records.unified.values():
+            decision, shape = entry.get("decision"), entry.get("shape_key")
+            known = self.by_shape.get(shape)
+            if decision and shape and (known is None or _gain(decision) > _gain(known)):
+                self.by_shape[shape] = decision
 
     def __call__(self, layer: UnifiedLayer) -> KernelOptions:
         decision = self.records.unified.get(layer.key, {}).get("decision")
         self.used[layer.name] = "tuned" if decision else "default"
+        if layer.key not in self.records.unified and layer.shape_key in self.by_shape:
+            decision = self.by_shape[layer.shape_key]
+            self.used[layer.name] = "tuned (shape)"
         return options_for(layer, decision["knobs"]) if decision else layer.options
+
+
+def _gain(decision: dict) -> float:
+    return decision["default"] / decision["cost"]
 
 
 def install_dense(mod: tvm.IRModule, records: Records, target: tvm.target.Target) -> dict[str, str]:

@@ -140,7 +140,9 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
 def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records: Records,
                 target: tvm.target.Target, threads: int, deadline: float, log: Callable[[str], None],
                 step: Callable[[int], None]) -> list[TaskRow]:
-    """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel."""
+    """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel.
+    Meta-schedule's parallelization rules need the target's core count: ``threads``, where it has none."""
+    target = tvm.target.Target({"num-cores": threads, **target.export()})
     work_dir = records.dir / DENSE_DIR
     for task, n in budget:
         if n and time.perf_counter() < deadline:

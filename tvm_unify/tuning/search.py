@@ -114,7 +114,7 @@ class UnifiedSearch:
                                                             "shape": describe(layer), "trials": []})
         if entry.get("unit", self.runner.unit) != self.runner.unit:
             entry["trials"] = []  # another runner's costs do not compare
-        entry.update(unit=self.runner.unit, runner=self.runner.label)
+        entry.update(unit=self.runner.unit, runner=self.runner.label, shape_key=layer.shape_key)
         x = np.random.default_rng(SEED).standard_normal(_x_shape(layer)).astype("float32")
         default_knobs = normalized(layer, knobs_of(layer.options))
         reference = self.runner.measure(self.build(layer, default_knobs), x)
