@@ -96,12 +96,14 @@ class GemmProblem:
 
 @dataclass(frozen=True)
 class WordGather:
-    """X read as int32 words of 4 consecutive k from a channels-last int8 copy of the input, for the
-    int8 dot-product kernels: the input is quantized once (not once per use: a 3x3 conv's im2col reads
-    every input 9 times), into ``shape`` = (batch, rows, cols, channels) with zero borders where the
-    conv pads (the input lands at ``offset``), and a word of 4 channels at one tap is one 32-bit load.
-    ``pixels`` = (images, rows, cols) enumerates the GEMM's columns (p = (image * rows + row) * cols + col)
-    and ``word(copy_words, kq, image, row, col)`` is X[4kq..4kq+3, p] from the copy viewed as words."""
+    """X read as int32 words of 4 consecutive k from an int8 copy of the input, for the int8
+    dot-product kernels: the input is quantized once (not once per use: a 3x3 conv's im2col reads every
+    input 9 times) into a copy of (batch, rows, cols, channels) = ``shape`` with zero borders where the
+    conv pads (the input lands at ``offset``), laid out ``[batch, rows, channels / 4, cols, 4]``: a word
+    of 4 channels at one tap is one 32-bit load, and the words of neighbouring pixels are neighbours
+    (a stride-1 conv copies a row of them with vector loads). ``pixels`` = (images, rows, cols)
+    enumerates the GEMM's columns (p = (image * rows + row) * cols + col) and ``word(copy_words, kq,
+    image, row, col)`` is X[4kq..4kq+3, p] from the copy viewed as words ``[batch, rows, channels / 4, cols]``."""
 
     shape: tuple[int, int, int, int]
     offset: tuple[int, int]
@@ -143,7 +145,7 @@ def conv2d_problem(g: Conv2dGeometry, layout: str, lanes: int, in_place: bool = 
 
 
 def conv_words(g: Conv2dGeometry, layout: str) -> WordGather | None:
-    """The channels-last word view of a conv's X, when 4 consecutive k are 4 channels of one tap (the
+    """The word view of a conv's X, when 4 consecutive k are 4 channels of one tap (the
     ``tap`` layout with channels a multiple of 4); else None (the kernels stage from the float input)."""
     if (layout != "tap" and g.kernel != (1, 1)) or g.in_channels % 4:
         return None
@@ -153,7 +155,7 @@ def conv_words(g: Conv2dGeometry, layout: str) -> WordGather | None:
 
     def word(xw, kq, image, row, col):
         c, r, s = decode(kq * 4)
-        return xw[image, row * sh + r * dh, col * sw + s * dw, c // 4]
+        return xw[image, row * sh + r * dh, c // 4, col * sw + s * dw]
 
     return WordGather((g.batch, g.height + pt + pb, g.width + pl + pr, g.in_channels), (pt, pl),
                       (g.height, g.width), (g.batch, *g.out_hw), word)
@@ -169,7 +171,7 @@ def dense_problem(batch: int, in_features: int, out_features: int, in_place: boo
         return (p0 + v, row)
 
     def word(xw, kq, _image, _row, col):
-        return xw[col, 0, 0, kq]
+        return xw[col, 0, kq, 0]
 
     words = WordGather((batch, 1, 1, in_features), (0, 0), (1, 1), (1, 1, batch), word) if in_features % 4 == 0 else None
     return GemmProblem((batch, in_features), (batch, out_features), in_features, batch, batch,

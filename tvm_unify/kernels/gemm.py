@@ -123,9 +123,9 @@ def plan_gemm(problem: GemmProblem, weight, names: Sequence[str], options: Kerne
 
 
 def word_stager(words: WordGather, vl: int) -> Callable:
-    """``stage(x, xcol, inv)``: X as words (``[tiles, K/4, vl]``) through ``words``' channels-last int8
-    copy of ``x``: every input quantized once into the copy (zero borders), then words copied run by
-    run, a run being pixels of one output row inside one tile (contiguous stores, no per-lane division)."""
+    """``stage(x, xcol, inv)``: X as words (``[tiles, K/4, vl]``) through ``words``' int8 copy of ``x``:
+    every input quantized once into the copy (zero borders), then words copied run by run, a run being
+    pixels of one output row inside one tile (contiguous stores, no per-lane division)."""
     (n, rows, cols, channels), (top, left) = words.shape, words.offset
     in_rows, in_cols = words.input_hw
     images, out_rows, out_cols = words.pixels
@@ -133,17 +133,17 @@ def word_stager(words: WordGather, vl: int) -> Callable:
 
     @T.inline
     def stage(x, xcol, inv):
-        copy = T.decl_buffer((n, rows, cols, channels), "int8")
-        copy_words = T.decl_buffer((n, rows, cols, channels // 4), "int32", data=copy.data)
+        copy = T.decl_buffer((n, rows, channels // 4, cols, 4), "int8")
+        copy_words = T.decl_buffer((n, rows, channels // 4, cols), "int32", data=copy.data)
         if (rows, cols) != (in_rows, in_cols):
             for i in T.parallel(n * rows):
-                for j in range(cols):
-                    for c in T.vectorized(channels // 4):
-                        copy_words[i // rows, i % rows, j, c] = 0
+                for c in range(channels // 4):
+                    for j in T.vectorized(cols):
+                        copy_words[i // rows, i % rows, c, j] = 0
         for i in T.parallel(n * in_rows):
-            for j in range(in_cols):
-                for c in T.vectorized(channels):
-                    copy[i // in_rows, i % in_rows + top, j + left, c] = quantize(
+            for c in range(channels):
+                for j in T.vectorized(in_cols):
+                    copy[i // in_rows, i % in_rows + top, c // 4, j + left, c % 4] = quantize(
                         words.load(x, i // in_rows, c, i % in_rows, j), inv)
         for kq in T.parallel(xcol.shape[1]):
             for image in range(images):
