@@ -43,7 +43,7 @@ export PATH="$VENV/bin:$PATH"
 
 [ $# -eq 0 ] && set -- demo
 case "$1" in
-    test) shift; exec python -m pytest -q "$@" ;;
-    test-slow) shift; exec python -m pytest -q -m slow "$@" ;;
+    test) shift; exec python -m pytest -q --durations=15 "$@" ;;
+    test-slow) shift; exec python -m pytest -q -m slow --durations=15 "$@" ;;
     *) exec tvm-unify "$@" ;;
 esac
