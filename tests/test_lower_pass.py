@@ -23,7 +23,10 @@ from tvm_unify.passes import LowerUnifiedBlocks
 from tvm_unify.runtime.local import library_arch, run_local
 from tvm_unify.targets import load_target
 from tvm_unify.torchscript import save_torchscript
-from tvm_unify.testing import fake_quant_reference, input_abs_max_scales, int8_rtol, unified_model, unify_model
+from tvm_unify.format import BlockSpec, verify
+from tvm_unify.kernels import Conv2dGeometry, KernelOptions, to_ell, unified_conv2d
+from tvm_unify.testing import (fake_quant_reference, input_abs_max_scales, int8_rtol, run_kernel, unified_model,
+                               unify_model)
 
 
 def unified_pt(tmp_path, name, block=(4, 4), sparsity=0.75, layout="tap", metadata=None):
@@ -124,9 +127,44 @@ def test_cli_compile_prints_report(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, mode", [("resnet18", "fp32"), ("resnet18", "int8"), ("mobilenetv2", "fp32"),
-                                        ("mobilenetv2", "int8"), ("resnet18-224", "fp32"), ("mobilenetv2-224", "fp32")])
+                                        ("resnet18-224", "fp32"), ("mobilenetv2-224", "fp32")])
 def test_unified_builtin_end_to_end(tmp_path, name, mode):
     compile_and_compare(tmp_path, name, mode, calibrate=mode == "int8")
+
+
+@pytest.mark.slow
+def test_mobilenetv2_int8_kernels_match_layer_by_layer():
+    """Every int8 kernel of a calibrated MobileNetV2, on the input it gets inside the model, against
+    PyTorch's conv of the same input fake-quantized with the same static scale.
+
+    The whole untrained net cannot be compared with a fake-quantized PyTorch run: one activation that
+    rounds the other way (float32 summation order differs) moves its output by up to 13% (measured),
+    and the rounding-sensitivity estimate (``testing.int8_rtol``) can miss such a flip. Layer by layer
+    the kernels are exact to float32 rounding."""
+    model, names = unified_model("mobilenetv2")
+    shape = get_builtin("mobilenetv2").input_shape
+    samples = np.random.default_rng(7).standard_normal((8, *shape)).astype("float32")
+    scales = input_abs_max_scales(model, names, samples)
+    modules = dict(model.named_modules())
+    inputs = {}
+    hooks = [modules[n].register_forward_pre_hook(lambda _m, i, n=n: inputs.__setitem__(n, i[0].numpy().copy()))
+             for n in names]
+    with torch.no_grad():
+        model(torch.from_numpy(np.random.default_rng(1).standard_normal(shape).astype("float32")))
+    for hook in hooks:
+        hook.remove()
+    for name in names:
+        conv, x = modules[name], inputs[name]
+        geometry = Conv2dGeometry(1, x.shape[1], x.shape[2], x.shape[3], conv.out_channels, conv.kernel_size,
+                                  conv.stride, (conv.padding[0], conv.padding[1]) * 2)
+        ell = to_ell(verify(conv.weight.detach().numpy(), BlockSpec(4, 4)).encoded)
+        kernel = unified_conv2d(geometry, ell, "tap", KernelOptions("int8", act_scale=scales[name]))
+        ours = run_kernel(kernel, x, ell, (1, conv.out_channels, *geometry.out_hw))
+        scale = torch.tensor(scales[name], dtype=torch.float32)  # as the kernel holds it, and 1/scale in float32
+        quantized = torch.clamp(torch.round(torch.from_numpy(x) * (1 / scale)), -127, 127) * scale
+        with torch.no_grad():
+            ref = torch.nn.functional.conv2d(quantized, conv.weight, None, conv.stride, conv.padding).numpy()
+        assert_matches(ours, ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["fp32", "int8"])

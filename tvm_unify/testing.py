@@ -96,7 +96,8 @@ def fake_quant_reference(model: nn.Module, names: list[str], x: np.ndarray, jitt
     def quantize(module, inputs):
         (a,) = inputs
         a = a * (1 + jitter * torch.randn(a.shape, generator=generator))
-        scale = scales[paths[module]] if scales else a.abs().max().clamp_min(1e-30) / 127
+        # the scale in float32 and its reciprocal computed in float32, as the kernels do
+        scale = torch.tensor(scales[paths[module]]) if scales else a.abs().max().clamp_min(1e-30) / 127
         return (torch.clamp(torch.round(a * (1 / scale)), -127, 127) * scale,)
 
     modules = dict(model.named_modules())
