@@ -83,7 +83,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     runner = _runner(args, preset)
     directory = Path(args.schedules) / preset.name
     rows = tune_model(model, preset, directory, runner, args.trials, args.time_budget, args.mode, args.dense,
-                      args.threads, log=lambda line: print(line, flush=True), progress=Progress())
+                      args.threads, log=lambda line: print(line, flush=True), progress=Progress(),
+                      kernels=args.kernels)
     print(file=sys.stderr)
     print(table(rows))
     tuned = sum(r.tuned for r in rows)
@@ -114,5 +115,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="seconds a remote measurement may take before it fails (a hung device; default 60)")
     p.add_argument("--mode", choices=["fp32", "int8"], default="fp32", help="numerics of the unified kernels")
     p.add_argument("--dense", action="store_true", help="tune the plain model (no unified kernels)")
+    p.add_argument("--kernels", choices=["all", "unified", "dense"], default="all",
+                   help="which kernels get trials (default: all; meta-schedule on dense kernels is the slow part)")
     p.add_argument("--threads", type=int, default=2, help="meta-schedule builder/runner threads (default 2)")
     p.set_defaults(func=_cmd_tune)

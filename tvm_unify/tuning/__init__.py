@@ -1,6 +1,11 @@
-"""Meta-schedule tuning of a compiled model's kernels: the tasks (``tasks``), the trial budget
-(``budget``), tuning with resume from a JSON database (``tune``), and keep-the-better, the per-kernel
-choice between the best tuned record and the default schedule (``keep_better``)."""
+"""Tuning a compiled model's kernels (``tvm-unify tune``, ``model.tune_model``) and applying the records.
+
+Dense kernels: the tasks (``tasks``), the trial budget (``budget``), meta-schedule with resume from a
+JSON database (``tune``), and keep-the-better, the per-kernel choice between the best tuned record and
+the default schedule (``keep_better``). Unified kernels: the knob space (``space``), the XGBoost-guided
+template search (``search``), the runners that measure candidates here, over RPC or by instruction
+counts (``runners``). Records per target (``records``) and their use at compile time (``apply``).
+``runners`` and ``model`` import the compiler, which imports this package: import them as submodules."""
 
 from .budget import TRIALS_PER_ITER, allocate
 from .keep_better import Race, default_kernel, keep_better, kernel_seconds

@@ -41,6 +41,7 @@ from .tasks import Task, kernel_tasks, tunable
 from .tune import tune_tasks_resumable
 
 TRIALS_PER_TASK_UNBOUNDED = 64  # with only a time budget: trials per task the run aims at
+KERNELS = ("all", "unified", "dense")
 
 
 @dataclass
@@ -91,13 +92,17 @@ def _dense_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRMo
 def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, runner: Runner,
                trials: int | None = None, time_budget: float | None = None, mode: str = "fp32",
                dense: bool = False, threads: int = 2, log: Callable[[str], None] = print,
-               progress: Callable[[int, int], None] = lambda done, total: None) -> list[TaskRow]:
-    """Tune ``model``'s kernels for ``preset`` into the records in ``directory`` (the target's folder)
-    with ``trials`` trials in all, or for ``time_budget`` seconds; returns the table rows."""
+               progress: Callable[[int, int], None] = lambda done, total: None, kernels: str = "all"
+               ) -> list[TaskRow]:
+    """Tune ``model``'s kernels (``kernels``: all, unified or dense ones) for ``preset`` into the records in
+    ``directory`` (the target's folder) with ``trials`` trials in all, or for ``time_budget`` seconds;
+    returns the table rows."""
     if trials is None and time_budget is None:
         raise UserError("give --trials N or --time-budget SECONDS")
     records = Records(directory)  # parses what is there first: a corrupt file stops the run before any write
-    tune_dense = isinstance(runner, LocalRunner)
+    if kernels not in KERNELS:
+        raise UserError(f"unknown kernel kind {kernels!r} (choose from {', '.join(KERNELS)})")
+    tune_dense = isinstance(runner, LocalRunner) and kernels != "unified"
     if tune_dense:
         records.dense_database()
     deadline = math.inf if time_budget is None else time.perf_counter() + time_budget
@@ -105,7 +110,8 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
     imported = import_torchscript(model)
     mod, layers = (imported.mod, []) if dense else _layers(imported, mode, preset, target)
     prepared, tasks = _dense_tasks(mod, target) if tune_dense else (mod, [])
-    if not tune_dense:
+    layers = [] if kernels == "dense" else layers
+    if not tune_dense and kernels == "all":
         log(f"dense kernels keep their default schedules: meta-schedule measures on this machine, not with "
             f"the {runner.label} runner")
     work = sorted([(unified_flops(layer), layer) for layer in layers] + [(t.cost, t) for t in tasks],
@@ -143,11 +149,10 @@ def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records:
     """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel.
     Meta-schedule's parallelization rules need the target's core count: ``threads``, where it has none."""
     target = tvm.target.Target({"num-cores": threads, **target.export()})
-    work_dir = records.dir / DENSE_DIR
-    for task, n in budget:
-        if n and time.perf_counter() < deadline:
-            tune_tasks_resumable([task], [n], work_dir, target, threads, log=log)
-        step(n)
+    if time.perf_counter() < deadline:
+        tune_tasks_resumable([t for t, _ in budget], [n for _, n in budget], records.dir / DENSE_DIR, target, threads,
+                             log=log)
+    step(sum(n for _, n in budget))
     database = records.dense_database()
     _, races, _ = keep_better(prepared, database, target, log=log)
     for race in races:

@@ -57,12 +57,15 @@ class SaveWallTime(ms.measure_callback.PyMeasureCallback):
         self.path.write_text(json.dumps(self.state, indent=1))
 
 
-def _tune_task(task: Task, trials: int, database: ms.database.Database, target: tvm.target.Target,
-               cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
-    """Run ``trials`` measured trials on one kernel; the database keeps every measured batch."""
+def _tune_tasks(tasks: list[Task], trials: list[int], database: ms.database.Database, target: tvm.target.Target,
+                cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
+    """Run ``trials`` measured trials in all on ``tasks`` in one meta-schedule session (one builder and
+    runner pool: starting them costs minutes on a loaded 2-core machine), up to each task's share;
+    the database keeps every measured batch."""
     ms.tune_tasks(
-        tasks=[_tune_context(task, target, log_dir, threads)], task_weights=[float(task.weight)],
-        work_dir=str(log_dir), max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
+        tasks=[_tune_context(task, target, log_dir, threads) for task in tasks],
+        task_weights=[float(n) for n in trials], work_dir=str(log_dir), max_trials_global=sum(trials),
+        max_trials_per_task=max(trials), num_trials_per_iter=TRIALS_PER_ITER,
         builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120),
         runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
             number=5, repeat=1, min_repeat_ms=20)),
@@ -85,9 +88,11 @@ def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, t
     clock = SaveWallTime(saved, state_path)
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
     log_dir = Path(tempfile.mkdtemp(prefix="tvm-unify-tuning-logs-"))
-    for task, n in zip(tasks, budget):
-        missing = n - valid_records(database, task)
-        log(f"  {task.name} x{task.weight}: {n} trials, {max(0, missing)} to run")
-        if missing > 0:
-            _tune_task(task, missing, database, target, cost_model, clock, log_dir, threads)
+    missing = [n - valid_records(database, task) for task, n in zip(tasks, budget)]
+    for task, n, m in zip(tasks, budget, missing):
+        log(f"  {task.name} x{task.weight}: {n} trials, {max(0, m)} to run")
+    pending = [(task, m) for task, m in zip(tasks, missing) if m > 0]
+    if pending:
+        _tune_tasks([t for t, _ in pending], [m for _, m in pending], database, target, cost_model, clock, log_dir,
+                    threads)
     return database
