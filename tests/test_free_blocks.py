@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings, strategies as st
 from torch import nn
 
 from tvm_unify.testing import assert_matches, torch_reference
-from tvm_unify.testing import BLOCKS, conv_cases
+from tvm_unify.testing import BLOCKS, conv_case, conv_cases, conv_reference
 from tvm_unify.testing import fake_quant_reference, int8_rtol, run_kernel
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.cli import main
@@ -61,22 +61,12 @@ def assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
 @settings(max_examples=10, deadline=None)
 @given(conv_cases(), st.sampled_from(UNIFIED))
 def test_free_conv2d_matches_pytorch(case, unified):
-    g, block, layout, sparsity, seed = case
+    g, block, layout, _, _ = case
     assume(min(g.out_hw) > 0)
-    rng = np.random.default_rng(seed)
-    w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
-                sparsity, layout, unified)
-    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
-    pt, pl, pb, pr = g.padding
-    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
-
-    def conv(weight):
-        return torch.nn.functional.conv2d(xp, torch.from_numpy(weight), stride=g.stride, dilation=g.dilation).numpy()
-
-    ref = conv(w)
+    w, x, ref = conv_case(case, unified)
     free, total = both_parts(w, block, layout, lambda ell: unified_conv2d(g, ell, layout),
                              lambda fell: free_conv2d(g, fell, layout), x, ref.shape)
-    assert_close(free, conv(free_part(w, block, layout)))
+    assert_close(free, conv_reference(g, x, free_part(w, block, layout)))
     assert_close(total, ref)
 
 

@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 import tvm
 from hypothesis import assume, given, settings
 from tvm.script import ir as I, relax as R, tirx as T
@@ -27,7 +26,7 @@ from tvm_unify.pipeline import build, codegen_target, gpu_lowering, schedule_def
 from tvm_unify.runtime import opencl_setup
 from tvm_unify.runtime.local import library_arch, library_device, run_local
 from tvm_unify.targets import android_preset, load_target
-from tvm_unify.testing import assert_matches, conv_cases, project, torch_reference, unified_model
+from tvm_unify.testing import assert_matches, conv_case, conv_cases, project, torch_reference, unified_model
 from tvm_unify.torchscript import save_torchscript
 
 OPENCL = load_target("opencl")
@@ -64,24 +63,11 @@ def assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
     assert np.abs(ours - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1.0)
 
 
-def conv_case(case, unified: float = 1.0):
-    """A conv case's unified weight (with free blocks when ``unified`` < 1), input and PyTorch output."""
-    g, block, layout, sparsity, seed = case
-    assume(min(g.out_hw) > 0)
-    rng = np.random.default_rng(seed)
-    w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
-                sparsity, layout, unified)
-    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
-    pt, pl, pb, pr = g.padding
-    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
-    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
-    return w, x, ref
-
-
 @settings(max_examples=5, deadline=None)
 @given(conv_cases())
 def test_gpu_conv2d_matches_pytorch(dev, case):
     g, block, layout, _, _ = case
+    assume(min(g.out_hw) > 0)
     w, x, ref = conv_case(case)
     ell = to_ell(verify(w, BlockSpec(*block, layout)).encoded)
     assert_close(run_gpu(dev, gpu_conv2d(g, ell, layout, KernelOptions(), LIMITS), x, *ell.arrays,
@@ -105,6 +91,7 @@ def test_gpu_dense_matches_pytorch(dev, batch, block, out_blocks, in_blocks):
 def test_gpu_free_blocks_match_pytorch(dev, case):
     """Unified + free kernel outputs add up to the conv with the whole weight."""
     g, block, layout, _, _ = case
+    assume(min(g.out_hw) > 0)
     w, x, ref = conv_case(case, unified=0.5)
     enc = verify(w, BlockSpec(*block, layout, allow_free=True)).encoded
     ell, free = to_ell(enc), to_free_ell(enc)

@@ -8,13 +8,12 @@ off by at most half a quantization step; weights are exact), plus float slack.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
 from tvm_unify.kernels import KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
 from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, lut_bits, row_groups
-from tvm_unify.testing import BLOCKS, conv_cases, project, run_kernel
+from tvm_unify.testing import BLOCKS, conv_case, conv_cases, project, run_kernel
 
 def check(ours: np.ndarray, ref: np.ndarray, x: np.ndarray, weight: np.ndarray, layout: str, mode: str,
           out_axis: int) -> None:
@@ -30,16 +29,10 @@ def check(ours: np.ndarray, ref: np.ndarray, x: np.ndarray, weight: np.ndarray, 
 
 
 def _conv(case, mode, algorithm=None, tasks=4):
-    g, block, layout, sparsity, seed = case
+    g, block, layout, _, _ = case
     assume(min(g.out_hw) > 0)
-    rng = np.random.default_rng(seed)
-    w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
-                sparsity, layout)
+    w, x, ref = conv_case(case)
     enc = verify(w, BlockSpec(*block, layout)).encoded
-    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
-    pt, pl, pb, pr = g.padding
-    xp = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
-    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=g.stride, dilation=g.dilation).numpy()
     weight = kernel_weight(to_ell(enc), mode, ref.shape[0] * ref.shape[2] * ref.shape[3], algorithm)
     ours = run_kernel(unified_conv2d(g, weight, layout, KernelOptions(mode, algorithm=algorithm, tasks=tasks)), x, weight, ref.shape)
     check(ours, ref, x, w, layout, mode, out_axis=1)

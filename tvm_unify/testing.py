@@ -163,6 +163,25 @@ def run_kernel(func: tvm.tirx.PrimFunc, x: np.ndarray, weight, out_shape: tuple[
     return y.numpy()
 
 
+def conv_reference(g: Conv2dGeometry, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """PyTorch's conv2d of ``x`` with ``weight`` in the geometry ``g`` (padding may be asymmetric)."""
+    pt, pl, pb, pr = g.padding
+    padded = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
+    return torch.nn.functional.conv2d(padded, torch.from_numpy(weight), stride=g.stride,
+                                      dilation=g.dilation).numpy()
+
+
+def conv_case(case, unified: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``conv_cases`` case's unified weight (with free blocks when ``unified`` < 1), input and PyTorch
+    output. The case must have an output (callers ``assume`` it: hypothesis is a test dependency)."""
+    g, block, layout, sparsity, seed = case
+    rng = np.random.default_rng(seed)
+    w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
+                sparsity, layout, unified)
+    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
+    return w, x, conv_reference(g, x, w)
+
+
 def conv_cases():
     """A hypothesis strategy of conv cases: (geometry, block, layout, sparsity, seed) over random shapes,
     strides, paddings and dilations (hypothesis is a test dependency, imported only here)."""
