@@ -22,9 +22,11 @@ from .fileio import atomic_output
 from .format import specs_from_metadata
 from .frontend import ImportedModel, calibrate_act_scales, import_torchscript, layer_names
 from .kernels import DEFAULT_TASKS, KernelOptions
+from .kernels.gpu import FP32, PRECISIONS, GpuPrecision
 from .kernels.unified import UnifiedLayer
 from .passes import LayerReport, LowerUnifiedBlocks
 from .pipeline import build, codegen_target
+from .runtime.opencl_setup import FP16_HINT, device_extensions, ensure_opencl_runtime
 from .targets import TargetPreset, load_target
 from .tuning.apply import RecordChooser, install_dense
 from .tuning.records import SHIPPED, Records, records_for
@@ -46,17 +48,51 @@ class CompileResult:
 def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mapping[str, float] | None = None,
                   tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None,
                   choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
-                  timings: dict[str, float] | None = None) -> tuple[tvm.IRModule, list[LayerReport]]:
+                  timings: dict[str, float] | None = None,
+                  precision: GpuPrecision = FP32) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
     given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels), with
-    ``choose`` picking each unified kernel's options (tuning records); return the module and the
-    per-layer report (and in ``timings["generate"]`` the seconds spent generating unified kernels)."""
+    ``choose`` picking each unified kernel's options (tuning records), on the graph in the GPU
+    ``precision`` (``to_gpu_precision``); return the module and the per-layer report (and in
+    ``timings["generate"]`` the seconds spent generating unified kernels)."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
-                                  act_scales, tasks=tasks, target=target, choose=choose)
-    mod = lowering(imported.mod)
+                                  act_scales, tasks=tasks, target=target, choose=choose, precision=precision)
+    mod = lowering(to_gpu_precision(imported.mod, precision))
     if timings is not None:
         timings["generate"] = lowering.generation_seconds
     return mod, lowering.report
+
+
+def to_gpu_precision(mod: tvm.IRModule, precision: GpuPrecision) -> tvm.IRModule:
+    """The graph in ``precision``: unchanged for fp32, else TVM's ``ToMixedPrecision`` (activations and
+    weights in fp16, conv2d/matmul summing in the precision's accumulation dtype; ops it keeps in fp32,
+    such as BatchNorm, cast around them; the model's inputs and outputs stay float32). The unified
+    layers' kernels then take and give fp16 (``LowerUnifiedBlocks``)."""
+    if precision is FP32:
+        return mod
+    return tvm.relax.transform.ToMixedPrecision(out_dtype=precision.accumulate)(mod)
+
+
+def gpu_precision(preset: TargetPreset, name: str) -> GpuPrecision:
+    """The ``--gpu-precision`` ``name`` for ``preset``, or a one-line UserError when it cannot have it: fp16
+    needs an OpenCL target whose device has cl_khr_fp16 (the preset's ``fp16``, or for this machine's
+    OpenCL device, the device itself)."""
+    if name not in PRECISIONS:
+        raise UserError(f"unknown GPU precision {name!r} (choose from {', '.join(PRECISIONS)})")
+    precision = PRECISIONS[name]
+    if precision is FP32:
+        return precision
+    if preset.device != "opencl":
+        raise UserError(f"--gpu-precision {name} is for OpenCL targets (mali, adreno, opencl); "
+                        f"{preset.name} is a CPU target")
+    if preset.fp16 is None and preset.is_host:
+        ensure_opencl_runtime()
+        if not any("cl_khr_fp16" in extensions for extensions in device_extensions().values()):
+            raise UserError(f"--gpu-precision {name} needs cl_khr_fp16, which no OpenCL device here has: {FP16_HINT}")
+    elif not preset.fp16:
+        raise UserError(f"--gpu-precision {name} needs cl_khr_fp16, which target {preset.name} does not declare "
+                        '(set "fp16": true in its preset if its device has it)')
+    return precision
 
 
 def export_library(executable: tvm.runtime.Executable, preset: TargetPreset, output: str | os.PathLike) -> None:
@@ -81,6 +117,7 @@ def compile_model(
     calibration: np.ndarray | None = None,
     emit_source: str | os.PathLike | None = None,
     schedules: str | os.PathLike | None = SHIPPED,
+    precision: str = "fp32",
 ) -> CompileResult:
     """TorchScript file (or an already imported model) -> shared library for ``target``.
 
@@ -89,10 +126,12 @@ def compile_model(
     scale to max|input|/127 over the samples; without it the kernels compute that scale on every call.
     ``emit_source`` names a folder for the generated code (``emit_sources``). ``schedules``: the tuning
     records to apply (``tuning.records_for``: the shipped ones by default, a folder of per-target
-    folders, or None for none); the result says per kernel whether it is tuned."""
+    folders, or None for none); the result says per kernel whether it is tuned. ``precision`` is the
+    OpenCL kernels' (``gpu_precision``): fp32, fp16 (fp16 storage, fp32 sums) or fp16-acc (fp16 sums too)."""
     if calibration is not None and (mode != "int8" or dense):
         raise UserError("calibration samples set int8 activation scales: use them with --mode int8, without --dense")
     preset = target if isinstance(target, TargetPreset) else load_target(target)
+    gpu = gpu_precision(preset, precision)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     imported = model if isinstance(model, ImportedModel) else import_torchscript(model, input_shape)
@@ -104,11 +143,11 @@ def compile_model(
         timings["calibrate"] = time.perf_counter() - start
     records = records_for(schedules, preset.name)
     chooser = RecordChooser(records) if records is not None else None
-    mod, report = imported.mod, []
+    mod, report = to_gpu_precision(imported.mod, gpu), []
     if not dense:
         start = time.perf_counter()
         mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset),
-                                    choose=chooser, timings=timings)
+                                    choose=chooser, timings=timings, precision=gpu)
         timings["lower"] = time.perf_counter() - start
         timings["of which kernel generation"] = timings.pop("generate")
     result = compile_module(mod, preset, output, imported.input_shape, emit_source, records)

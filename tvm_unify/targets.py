@@ -38,6 +38,9 @@ class TargetPreset:
     arch: str
     cross_compiler: str | None
     rpc_key: str
+    # Whether the OpenCL device has cl_khr_fp16 (compile --gpu-precision fp16*); None: unknown, which a
+    # host preset (this machine's device) answers by asking the device at compile time.
+    fp16: bool | None = None
 
     def tvm_target(self) -> tvm.target.Target:
         return tvm.target.Target(self.target)
@@ -75,6 +78,7 @@ def _from_json(name: str, path: Path | Traversable) -> TargetPreset:
             arch=data["arch"],
             cross_compiler=data.get("cross_compiler"),
             rpc_key=data.get("rpc_key", name),
+            fp16=data.get("fp16"),
         )
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"bad target file {path}: {err!r} (needs 'target' and 'arch')") from None

@@ -49,7 +49,8 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
     schedules = None if args.no_schedules else (args.schedules or SHIPPED)
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
-                           calibration=samples, emit_source=args.emit_source, schedules=schedules)
+                           calibration=samples, emit_source=args.emit_source, schedules=schedules,
+                           precision=args.gpu_precision)
     if result.report:
         print(report_table(result.report))
     print(schedule_summary(result))
@@ -83,6 +84,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="int8 only: fix each layer's activation scale to max|input|/127 over these sample inputs "
                         "(N x input shape, or stacked along the batch axis); without it the int8 kernels compute "
                         "the scale from each input at run time")
+    p.add_argument("--gpu-precision", default="fp32", metavar="fp32|fp16|fp16-acc",
+                   help="OpenCL targets: fp16 stores activations, weights and block scales as half and sums in "
+                        "fp32; fp16-acc also sums in half; both need cl_khr_fp16 on the device (default: fp32)")
     p.add_argument("--dense", action="store_true",
                    help="compile the plain model without unified kernels, for comparison")
     p.add_argument("--emit-source", metavar="DIR",

@@ -291,12 +291,18 @@ def sign_bit(signs: tvm.tirx.Buffer, rb, slot, bit):
     return T.bitwise_and(T.shift_right(word, T.uint32(bit % word_bits)), T.uint32(1))
 
 
+# A float mode's (float dtype, unsigned dtype of its bits): the sign flip works on the bits.
+FLOAT_BITS = {"fp32": ("float32", "uint32"), "fp16": ("float16", "uint16")}
+
+
 def apply_sign(value, bit, mode: str):
-    """``-value`` if ``bit`` else ``value``, without a multiply (fp32: XOR of the float's sign bit;
-    int8: ``(x ^ m) - m`` in int32)."""
-    if mode == "fp32":
-        flipped = T.bitwise_xor(T.reinterpret("uint32", value), T.shift_left(bit, T.uint32(31)))
-        return T.reinterpret("float32", flipped)
+    """``-value`` if ``bit`` (a uint32 0/1) else ``value``, without a multiply (fp32/fp16: XOR of the
+    float's sign bit; int8: ``(x ^ m) - m`` in int32)."""
+    if mode in FLOAT_BITS:
+        dtype, bits = FLOAT_BITS[mode]
+        width = int(bits[4:])
+        flipped = T.bitwise_xor(T.reinterpret(bits, value), T.Cast(bits, T.shift_left(bit, T.uint32(width - 1))))
+        return T.reinterpret(dtype, flipped)
     mask = T.int32(0) - T.Cast("int32", bit)
     return T.bitwise_xor(T.Cast("int32", value), mask) - mask
 

@@ -27,7 +27,14 @@ falls with ``TR`` and the weight traffic with ``TP``; a unified block's entry (c
 no schedule rule touches them, and their epilogue (``epilogue.py``) is applied at the store, so
 ``FuseUnifiedEpilogue`` regenerates them from their recipe (``regenerate_gpu``) like the CPU kernels.
 
-fp32 only: the int8 kernels' gain is the CPU's int8 dot-product instructions, which the OpenCL path
+Precision (``GpuPrecision``): fp32 by default; ``fp16`` stores activations, block scales and free-block
+values as half (half the bytes of every input, tile and output; Mali/Adreno load and store half natively)
+and sums in fp32 registers; ``fp16-acc`` also sums in half (the ALUs' fast path on Mali and Adreno, at
+about 3 significant digits per partial sum). Both need ``cl_khr_fp16`` on the device: TVM's OpenCL code
+declares ``half`` variables, which OpenCL without that extension allows only through vload/vstore_half.
+The sign flip is the XOR of bit 15 of the half (``common.apply_sign``).
+
+Not int8: the int8 kernels' gain is the CPU's int8 dot-product instructions, which the OpenCL path
 does not use, so ``LowerUnifiedBlocks`` refuses int8 for OpenCL targets rather than silently building
 fp32 kernels.
 """
@@ -37,6 +44,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from typing import Callable
+
+import numpy as np
 
 import tvm
 from tvm import tirx
@@ -51,6 +60,47 @@ from .recipe import RECIPE_ATTR, conv2d_shape, dense_shape, geometry_of, options
 
 GPU_ALGORITHM = "gpu"  # the recipe's algorithm for the kernels made here
 PIXEL_TILE = 16  # pixels per work-group at most (a Mali warp; a quarter of an Adreno wave)
+
+
+@dataclass(frozen=True)
+class GpuPrecision:
+    """How a GPU kernel stores and sums: ``storage`` is the dtype of its input and output activations,
+    block scales and free-block values, ``accumulate`` the dtype of its sums."""
+
+    name: str
+    storage: str
+    accumulate: str
+
+    @property
+    def sign_mode(self) -> str:
+        """``common.apply_sign``'s mode for the stored inputs."""
+        return "fp16" if self.storage == "float16" else "fp32"
+
+    @property
+    def itemsize(self) -> int:
+        return np.dtype(self.storage).itemsize
+
+    def to_acc(self, value):
+        """``value`` (a stored element) in the accumulation dtype; no cast where they agree."""
+        return value if self.storage == self.accumulate else T.Cast(self.accumulate, value)
+
+    def to_storage(self, value):
+        """A sum in the storage dtype, for the output store."""
+        return value if self.storage == self.accumulate else T.Cast(self.storage, value)
+
+
+PRECISIONS = {p.name: p for p in (GpuPrecision("fp32", "float32", "float32"),
+                                   GpuPrecision("fp16", "float16", "float32"),
+                                   GpuPrecision("fp16-acc", "float16", "float16"))}
+FP32 = PRECISIONS["fp32"]
+
+
+def gpu_weight(weight: EllWeight | FreeEll, precision: GpuPrecision) -> EllWeight | FreeEll:
+    """``weight`` with its float arrays (scales, or free values) in the precision's storage dtype: what a
+    kernel of that precision takes as constants."""
+    if isinstance(weight, FreeEll):
+        return replace(weight, values=weight.values.astype(precision.storage))
+    return replace(weight, scales=weight.scales.astype(precision.storage))
 
 
 @dataclass(frozen=True)
@@ -80,14 +130,15 @@ class Launch:
     staged: bool
 
 
-def plan_launch(problem: GemmProblem, block_rows: int, limits: GpuLimits) -> Launch:
-    """The pixel tile (it never spans two images), the block rows per work-group, and local staging."""
+def plan_launch(problem: GemmProblem, block_rows: int, limits: GpuLimits, itemsize: int = 4) -> Launch:
+    """The pixel tile (it never spans two images), the block rows per work-group, and local staging of
+    ``itemsize``-byte inputs (2 for half: twice the inputs fit)."""
     pixels = problem.lanes(PIXEL_TILE)
-    while pixels > 1 and problem.k_extent * pixels * 4 > limits.local_bytes:
+    while pixels > 1 and problem.k_extent * pixels * itemsize > limits.local_bytes:
         pixels //= 2
     rows = max(1, limits.threads // pixels)  # a full work-group: every block row more saves a re-read of the tile
     rows = min(rows, 1 << max(block_rows - 1, 0).bit_length())  # no idle work-items in a small layer
-    return Launch(pixels, rows, problem.k_extent * pixels * 4 <= limits.local_bytes)
+    return Launch(pixels, rows, problem.k_extent * pixels * itemsize <= limits.local_bytes)
 
 
 class _ZeroPadded:
@@ -100,7 +151,7 @@ class _ZeroPadded:
         b, c, h, w = index
         h, w = h - self.offset[0], w - self.offset[1]
         inside = tirx.all(h >= 0, h < self.x.shape[2], w >= 0, w < self.x.shape[3])
-        return T.if_then_else(inside, self.x[b, c, h, w], T.float32(0))
+        return T.if_then_else(inside, self.x[b, c, h, w], tirx.const(0, self.x.dtype))
 
 
 def input_reader(problem: GemmProblem) -> Callable:
@@ -132,31 +183,34 @@ def _by_group(rb, groups, row, xs, p0, tx, yv):
     _if_in_group(rb, groups, 3, row, xs, p0, tx, yv)
 
 
-# A row body: plan -> T.inline(xs, rb, slots, p0, tx, yv) computing and storing one block row at one pixel.
-RowBody = Callable[[GemmPlan, Callable], Callable]
+# A row body: (plan, read, precision) -> T.inline(xs, rb, slots, p0, tx, yv) computing and storing one
+# block row at one pixel.
+RowBody = Callable[[GemmPlan, Callable, GpuPrecision], Callable]
 
 
-def gpu_kernel(plan: GemmPlan, launch: Launch, groups: tuple[RowGroup, ...], body: RowBody) -> tvm.tirx.PrimFunc:
-    """The PrimFunc ``(x, *weight arrays, *epilogue operands, y)``: per work-group, stage the pixel tile's
-    inputs in local memory (when they fit), then each work-item runs ``body`` on its block row."""
-    problem = plan.problem
+def gpu_kernel(plan: GemmPlan, launch: Launch, groups: tuple[RowGroup, ...], body: RowBody,
+               precision: GpuPrecision = FP32) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(x, *weight arrays, *epilogue operands, y)``, x and y in the precision's storage
+    dtype: per work-group, stage the pixel tile's inputs in local memory (when they fit), then each
+    work-item runs ``body`` on its block row."""
+    problem, dtype = plan.problem, precision.storage
     x_shape, y_shape, k_extent = problem.x_shape, problem.y_shape, problem.k_extent
     tp, tr, staged = launch.pixels, launch.rows, launch.staged
     tiles, row_blocks = problem.p_extent // tp, -(-plan.weight.columns.shape[0] // tr)
     read = input_reader(problem)
-    row = body(plan, (lambda xs, k, _p0, tx: xs[k, tx]) if staged else read)
+    row = body(plan, (lambda xs, k, _p0, tx: xs[k, tx]) if staged else read, precision)
 
     @T.prim_func(check_well_formed=False)  # the weight and epilogue parameters are added after parsing
-    def kernel(x: T.Buffer(x_shape, "float32"), y: T.Buffer(y_shape, "float32")):
+    def kernel(x: T.Buffer(x_shape, dtype), y: T.Buffer(y_shape, dtype)):
         T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
-        yv = T.decl_buffer(problem.y_view, "float32", data=y.data)
+        yv = T.decl_buffer(problem.y_view, dtype, data=y.data)
         for t in T.thread_binding(tiles, thread="blockIdx.x"):
             for by in T.thread_binding(row_blocks, thread="blockIdx.y"):
                 for ty in T.thread_binding(tr, thread="threadIdx.y"):
                     for tx in T.thread_binding(tp, thread="threadIdx.x"):
                         rb: T.let[T.int32] = by * tr + ty
                         if staged:
-                            tile = T.decl_buffer((k_extent, tp), "float32", scope="shared")
+                            tile = T.decl_buffer((k_extent, tp), dtype, scope="shared")
                             for kk in range(-(-k_extent // tr)):
                                 if k_extent % tr == 0:
                                     tile[kk * tr + ty, tx] = read(x, kk * tr + ty, t * tp, tx)
@@ -175,90 +229,98 @@ def _sign(word: tirx.Buffer, bit: int, word_bits: int):
     return T.bitwise_and(T.shift_right(word[bit // word_bits], T.uint32(bit % word_bits)), T.uint32(1))
 
 
-def block_row(plan: GemmPlan, read: Callable, accumulate: Callable, out_row: Callable) -> Callable:
+def block_row(plan: GemmPlan, read: Callable, accumulate: Callable, out_row: Callable,
+              precision: GpuPrecision) -> Callable:
     """One block row ``rb`` at one pixel: per slot, its block's ``cols`` inputs into registers ``xr``, then
-    ``accumulate(acc, xr, rb, slot)`` adds the block to the row's ``rows`` sums, stored at output rows
-    ``out_row(rb) * rows + i``."""
+    ``accumulate(acc, xr, rb, slot)`` adds the block to the row's ``rows`` sums (accumulation dtype),
+    stored (storage dtype) at output rows ``out_row(rb) * rows + i``."""
     columns, store, br, bc = plan.buffers["columns"], plan.store, plan.weight.rows, plan.weight.cols
+    acc_dtype, x_dtype = precision.accumulate, precision.storage
 
     @T.inline
     def row(xs, rb, slots, p0, tx, yv):
-        acc = T.decl_buffer((br,), "float32", scope="local")
-        xr = T.decl_buffer((bc,), "float32", scope="local")
+        acc = T.decl_buffer((br,), acc_dtype, scope="local")
+        xr = T.decl_buffer((bc,), x_dtype, scope="local")
         for i in T.unroll(br):
-            acc[i] = T.float32(0)
+            acc[i] = tirx.const(0, acc_dtype)
         for slot in range(slots):
             for j in T.unroll(bc):
                 xr[j] = read(xs, columns[rb, slot] * bc + j, p0, tx)
             accumulate(acc, xr, rb, slot)
         for i in T.unroll(br):
-            store(yv, p0, out_row(rb) * br + i, tx, acc[i])
+            store(yv, p0, out_row(rb) * br + i, tx, precision.to_storage(acc[i]))
 
     return row
 
 
-def unified_row(plan: GemmPlan, read: Callable) -> Callable:
+def unified_row(plan: GemmPlan, read: Callable, precision: GpuPrecision = FP32) -> Callable:
     """A sorted block row of an ``EllWeight``: per block, its sign words into registers, the sign-flipped
     inputs added, the block's partial sums scaled with one multiply each."""
     weight = plan.weight
     scales, signs, order = (plan.buffers[name] for name in ("scales", "signs", "order"))
     br, bc, words, word_bits = weight.rows, weight.cols, weight.signs.shape[2], weight.word_bits
+    acc_dtype, mode, to_acc = precision.accumulate, precision.sign_mode, precision.to_acc
 
     @T.inline
     def accumulate(acc, xr, rb, slot):
-        part = T.decl_buffer((br,), "float32", scope="local")
+        part = T.decl_buffer((br,), acc_dtype, scope="local")
         word = T.decl_buffer((words,), "uint32", scope="local")
         for w in T.unroll(words):
             word[w] = T.Cast("uint32", signs[rb, slot, w])
         for i in T.unroll(br):
-            part[i] = T.float32(0)
+            part[i] = tirx.const(0, acc_dtype)
         for j in T.unroll(bc):
             for i in T.unroll(br):
-                part[i] = part[i] + apply_sign(xr[j], _sign(word, i * bc + j, word_bits), "fp32")
+                part[i] = part[i] + to_acc(apply_sign(xr[j], _sign(word, i * bc + j, word_bits), mode))
         for i in T.unroll(br):
-            acc[i] = acc[i] + part[i] * scales[rb, slot]
+            acc[i] = acc[i] + part[i] * to_acc(scales[rb, slot])
 
-    return block_row(plan, read, accumulate, lambda rb: order[rb])
+    return block_row(plan, read, accumulate, lambda rb: order[rb], precision)
 
 
-def free_row(plan: GemmPlan, read: Callable) -> Callable:
+def free_row(plan: GemmPlan, read: Callable, precision: GpuPrecision = FP32) -> Callable:
     """A block row of a ``FreeEll`` (dense-valued blocks, rows in weight order): multiply-adds."""
-    values, br, bc = plan.buffers["values"], plan.weight.rows, plan.weight.cols
+    values, br, bc, to_acc = plan.buffers["values"], plan.weight.rows, plan.weight.cols, precision.to_acc
 
     @T.inline
     def accumulate(acc, xr, rb, slot):
         for j in T.unroll(bc):
             for i in T.unroll(br):
-                acc[i] = acc[i] + values[rb, slot, i, j] * xr[j]
+                acc[i] = acc[i] + to_acc(values[rb, slot, i, j]) * to_acc(xr[j])
 
-    return block_row(plan, read, accumulate, lambda rb: rb)
+    return block_row(plan, read, accumulate, lambda rb: rb, precision)
 
 
 def _unified(problem: GemmProblem, weight: EllWeight, options: KernelOptions, limits: GpuLimits,
-             shape: dict) -> tvm.tirx.PrimFunc:
+             shape: dict, precision: GpuPrecision) -> tvm.tirx.PrimFunc:
     if options.mode != "fp32":
-        raise ValueError(f"GPU kernels are fp32 only (got mode {options.mode})")
-    launch = plan_launch(problem, weight.columns.shape[0], limits)
+        raise ValueError(f"GPU kernels compute in floats only (got mode {options.mode})")
+    if precision is not FP32 and options.epilogue:
+        raise ValueError("GPU kernels fuse epilogues in fp32 only")  # FuseUnifiedEpilogue skips the others
+    weight = gpu_weight(weight, precision)
+    launch = plan_launch(problem, weight.columns.shape[0], limits, precision.itemsize)
     options = replace(options, algorithm=GPU_ALGORITHM, lanes=launch.pixels)
     plan = plan_gemm(problem, weight, ("columns", "scales", "signs", "order"), options, 1)
-    kernel = with_recipe(gpu_kernel(plan, launch, weight.groups, unified_row), shape, (weight.rows, weight.cols),
-                         len(weight.arrays), options)
-    recipe = {**json.loads(str(kernel.attrs[RECIPE_ATTR])), "gpu": [limits.threads, limits.local_bytes]}
+    kernel = with_recipe(gpu_kernel(plan, launch, weight.groups, unified_row, precision), shape,
+                         (weight.rows, weight.cols), len(weight.arrays), options)
+    recipe = {**json.loads(str(kernel.attrs[RECIPE_ATTR])), "gpu": [limits.threads, limits.local_bytes],
+              "gpu_precision": precision.name}
     return kernel.with_attr(RECIPE_ATTR, json.dumps(recipe))
 
 
 def gpu_conv2d(g: Conv2dGeometry, weight: EllWeight, layout: str, options: KernelOptions,
-               limits: GpuLimits) -> tvm.tirx.PrimFunc:
-    """conv2d (NCHW x OIHW-unified, groups=1) -> OpenCL-ready PrimFunc(x, *weight.arrays, *epilogue, y)."""
+               limits: GpuLimits, precision: GpuPrecision = FP32) -> tvm.tirx.PrimFunc:
+    """conv2d (NCHW x OIHW-unified, groups=1) -> OpenCL-ready PrimFunc(x, *weight.arrays, *epilogue, y),
+    the scales taken in the precision's storage dtype (``gpu_weight``)."""
     return _unified(conv2d_problem(g, layout, PIXEL_TILE, in_place=False), weight, options, limits,
-                    conv2d_shape(g, layout))
+                    conv2d_shape(g, layout), precision)
 
 
 def gpu_dense(batch: int, in_features: int, out_features: int, weight: EllWeight, options: KernelOptions,
-              limits: GpuLimits) -> tvm.tirx.PrimFunc:
+              limits: GpuLimits, precision: GpuPrecision = FP32) -> tvm.tirx.PrimFunc:
     """``x @ W.T`` (x: [batch, in], W unified [out, in]) -> OpenCL-ready PrimFunc(x, *weight.arrays, *epilogue, y)."""
     return _unified(dense_problem(batch, in_features, out_features, in_place=False), weight, options, limits,
-                    dense_shape(batch, in_features, out_features))
+                    dense_shape(batch, in_features, out_features), precision)
 
 
 def is_gpu_recipe(recipe: dict) -> bool:
@@ -270,28 +332,30 @@ def regenerate_gpu(recipe: dict, weight_arrays, epilogue: tuple[Step, ...]) -> t
     """The GPU kernel ``recipe`` describes, on its call's weight arrays, with ``epilogue``."""
     weight = EllWeight(*recipe["block"], *weight_arrays)
     options, limits = options_of(recipe, epilogue), GpuLimits(*recipe["gpu"])
+    precision = PRECISIONS[recipe.get("gpu_precision", "fp32")]
     if recipe["op"] == "conv2d":
-        return gpu_conv2d(geometry_of(recipe), weight, recipe["layout"], options, limits)
-    return gpu_dense(*recipe["dims"], weight, options, limits)
+        return gpu_conv2d(geometry_of(recipe), weight, recipe["layout"], options, limits, precision)
+    return gpu_dense(*recipe["dims"], weight, options, limits, precision)
 
 
-def _free(problem: GemmProblem, ell: FreeEll, limits: GpuLimits) -> tvm.tirx.PrimFunc:
-    nbr = ell.columns.shape[0]
-    launch = plan_launch(problem, nbr, limits)
+def _free(problem: GemmProblem, ell: FreeEll, limits: GpuLimits, precision: GpuPrecision) -> tvm.tirx.PrimFunc:
+    nbr, ell = ell.columns.shape[0], gpu_weight(ell, precision)
+    launch = plan_launch(problem, nbr, limits, precision.itemsize)
     plan = plan_gemm(problem, ell, ("columns", "values"), KernelOptions(lanes=launch.pixels), 1)
-    return gpu_kernel(plan, launch, (RowGroup(0, nbr, ell.width),), free_row)
+    return gpu_kernel(plan, launch, (RowGroup(0, nbr, ell.width),), free_row, precision)
 
 
-def gpu_free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, limits: GpuLimits) -> tvm.tirx.PrimFunc:
+def gpu_free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, limits: GpuLimits,
+                    precision: GpuPrecision = FP32) -> tvm.tirx.PrimFunc:
     """conv2d with the free blocks of an NCHW/OIHW weight -> OpenCL-ready PrimFunc(x, columns, values, y)."""
-    return _free(conv2d_problem(g, layout, PIXEL_TILE, in_place=False), ell, limits)
+    return _free(conv2d_problem(g, layout, PIXEL_TILE, in_place=False), ell, limits, precision)
 
 
 def gpu_free_dense(batch: int, in_features: int, out_features: int, ell: FreeEll,
-                   limits: GpuLimits) -> tvm.tirx.PrimFunc:
+                   limits: GpuLimits, precision: GpuPrecision = FP32) -> tvm.tirx.PrimFunc:
     """``x @ Wfree.T`` -> OpenCL-ready PrimFunc(x, columns, values, y)."""
-    return _free(dense_problem(batch, in_features, out_features, in_place=False), ell, limits)
+    return _free(dense_problem(batch, in_features, out_features, in_place=False), ell, limits, precision)
 
 
-__all__ = ["GPU_ALGORITHM", "GpuLimits", "gpu_conv2d", "gpu_dense", "gpu_free_conv2d", "gpu_free_dense",
-           "is_gpu_recipe", "is_gpu_target", "regenerate_gpu"]
+__all__ = ["FP32", "GPU_ALGORITHM", "GpuLimits", "GpuPrecision", "PRECISIONS", "gpu_conv2d", "gpu_dense",
+           "gpu_free_conv2d", "gpu_free_dense", "gpu_weight", "is_gpu_recipe", "is_gpu_target", "regenerate_gpu"]

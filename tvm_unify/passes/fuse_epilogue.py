@@ -178,13 +178,16 @@ class FuseUnifiedEpilogue:
 
     @staticmethod
     def _unfused_recipe(mod: tvm.IRModule, binding: relax.Binding) -> dict | None:
-        """The recipe of a unified kernel called by ``binding`` with no epilogue yet and constant ELL arrays."""
+        """The recipe of a unified kernel called by ``binding`` with no epilogue yet and constant ELL arrays.
+
+        fp16 GPU kernels are left alone: their epilogue ops come after casts to float32 (ToMixedPrecision
+        keeps BatchNorm in fp32), and the epilogue operands are float32."""
         call = binding.value
         if not isinstance(binding, relax.VarBinding) or not isinstance(call, relax.Call) or call.op != CALL_TIR:
             return None
         recipe = recipe_of(mod[call.args[0]])
         args = call.args[1].fields
-        if recipe is None or recipe["epilogue"] or not all(isinstance(args[i], tvm.ir.GenericConst)
+        if recipe is None or recipe.get("gpu_precision", "fp32") != "fp32" or recipe["epilogue"] or not all(isinstance(args[i], tvm.ir.GenericConst)
                                                            for i in recipe["ell_args"]):
             return None
         return recipe

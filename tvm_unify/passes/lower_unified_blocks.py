@@ -32,7 +32,8 @@ from ..format import Analysis, BlockSpec, UnifiedWeight, analyze, weight_fingerp
 from ..kernels import (DEFAULT_LANES, DEFAULT_TASKS, MODES, Conv2dGeometry, EllWeight, KernelOptions, LutWeight,
                        cpu_features, free_conv2d, free_dense, target_options, to_ell, to_free_ell)
 from ..kernels.unified import UnifiedLayer
-from ..kernels.gpu import GpuLimits, gpu_conv2d, gpu_dense, gpu_free_conv2d, gpu_free_dense, is_gpu_target
+from ..kernels.gpu import (FP32, GpuLimits, GpuPrecision, gpu_conv2d, gpu_dense, gpu_free_conv2d, gpu_free_dense,
+                           gpu_weight, is_gpu_target)
 from .report import LayerReport
 from .shapes import static_tensor_shape
 
@@ -75,16 +76,19 @@ class LowerUnifiedBlocks:
     ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
     path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
     task count of the table-lookup kernels (the target device's cores), ``target`` the codegen target
-    the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the fp32 GPU kernels
-    of ``kernels/gpu.py``), ``choose`` the CPU kernel options per layer (tuning records, ``tuning/``;
-    None: the defaults). After the pass has run, ``report`` lists every conv2d/linear layer it saw.
+    the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the GPU kernels of
+    ``kernels/gpu.py`` in ``precision``, fp32 unless the graph was converted to fp16 first, see
+    ``compiler.to_gpu_precision``), ``choose`` the CPU kernel options per layer (tuning records,
+    ``tuning/``; None: the defaults). After the pass has run, ``report`` lists every conv2d/linear layer it
+    saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
                  layer_names: Mapping[str, str] | None = None, act_scales: Mapping[str, float] | None = None,
                  lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS,
                  target: tvm.target.Target | None = None,
-                 choose: Callable[[UnifiedLayer], KernelOptions] | None = None) -> None:
+                 choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
+                 precision: GpuPrecision = FP32) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
@@ -99,11 +103,15 @@ class LowerUnifiedBlocks:
         self.gpu = GpuLimits.of(target) if is_gpu_target(target) else None
         if self.gpu is not None and mode != "fp32":
             raise UserError(f"{mode} unified kernels run on CPUs only: build for {target.kind.name} with --mode fp32")
+        if self.gpu is None and precision is not FP32:
+            raise UserError(f"--gpu-precision {precision.name} is for OpenCL targets only")
+        self.precision = precision
         self.report: list[LayerReport] = []
         self.x = wildcard()
         self.weight = is_const()
-        self.conv2d = is_op("relax.nn.conv2d")(self.x, self.weight)
-        self.transposed = is_op("relax.permute_dims")(self.weight)
+        stored = self.weight | is_op("relax.astype")(self.weight)  # an fp16 graph (ToMixedPrecision) casts it
+        self.conv2d = is_op("relax.nn.conv2d")(self.x, stored)
+        self.transposed = is_op("relax.permute_dims")(stored)
         self.linear = is_op("relax.matmul")(self.x, self.transposed)
         self.pattern = self.conv2d | self.linear
 
@@ -142,7 +150,8 @@ class LowerUnifiedBlocks:
 
     def _key(self, matches) -> LayerKey:
         op = "conv2d" if self.conv2d in matches else "linear"
-        return (weight_fingerprint(matches[self.weight].value.numpy()), static_tensor_shape(matches[self.x]), op)
+        return (weight_fingerprint(matches[self.weight].value.numpy()),
+                static_tensor_shape(matches[self.x], self.precision.storage), op)
 
     def _plan(self, matches, index: int) -> LayerPlan:
         """Check the layer and its blocks; generate its kernels if it lowers."""
@@ -172,8 +181,9 @@ class LowerUnifiedBlocks:
         if has_free:
             ell = to_free_ell(enc)
             if self.gpu is not None:
-                func = (gpu_free_conv2d(dims, ell, enc.spec.layout, self.gpu) if entry.op == "conv2d"
-                        else gpu_free_dense(*dims, ell, self.gpu))
+                ell = gpu_weight(ell, self.precision)
+                func = (gpu_free_conv2d(dims, ell, enc.spec.layout, self.gpu, self.precision) if entry.op == "conv2d"
+                        else gpu_free_dense(*dims, ell, self.gpu, self.precision))
             else:
                 func = (free_conv2d(dims, ell, enc.spec.layout, self.lanes) if entry.op == "conv2d"
                         else free_dense(*dims, ell, self.lanes))
@@ -202,20 +212,26 @@ class LowerUnifiedBlocks:
         return weight
 
     def _gpu_kernel(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight, kernels: list[Kernel]) -> EllWeight:
-        """Append the unified blocks' OpenCL kernel (``kernels/gpu.py``, fp32), which reads the ``EllWeight``."""
-        weight = to_ell(enc)
-        func = (gpu_conv2d(dims, weight, enc.spec.layout, KernelOptions(), self.gpu) if entry.op == "conv2d"
-                else gpu_dense(*dims, weight, KernelOptions(), self.gpu))
-        kernels.append(Kernel(func, f"unified_{entry.op}_gpu", weight.arrays))
+        """Append the unified blocks' OpenCL kernel (``kernels/gpu.py``, in the pass's precision), which
+        reads the ``EllWeight`` (scales in the precision's storage dtype)."""
+        weight = gpu_weight(to_ell(enc), self.precision)
+        func = (gpu_conv2d(dims, weight, enc.spec.layout, KernelOptions(), self.gpu, self.precision)
+                if entry.op == "conv2d" else gpu_dense(*dims, weight, KernelOptions(), self.gpu, self.precision))
+        kind = "gpu" if self.precision is FP32 else self.precision.name.replace("-", "_") + "_gpu"
+        kernels.append(Kernel(func, f"unified_{entry.op}_{kind}", weight.arrays))
         return weight
 
-    @staticmethod
-    def _call(plan: LayerPlan, gvars: list[tvm.ir.GlobalVar], x: relax.Expr, ty: relax.Type) -> relax.Expr:
+    def _call(self, plan: LayerPlan, gvars: list[tvm.ir.GlobalVar], x: relax.Expr, ty: relax.Type) -> relax.Expr:
         """The kernels' calls; two are summed with the unified call first, the shape the epilogue-fusion
-        pass folds into that kernel's store."""
-        calls = [relax.call_tir(gvar, [x, *(relax.const(a) for a in kernel.arrays)], ty)
+        pass folds into that kernel's store. fp16 kernels store half; where the op summed into float32
+        (fp16 storage, fp32 accumulation) a cast gives the graph the type it had, and fuses into the
+        next element-wise kernel."""
+        storage = self.precision.storage if self.gpu is not None else str(ty.dtype)
+        out_ty = ty if storage == str(ty.dtype) else relax.TensorType(ty.shape, storage)
+        calls = [relax.call_tir(gvar, [x, *(relax.const(a) for a in kernel.arrays)], out_ty)
                  for gvar, kernel in zip(gvars, plan.kernels)]
-        return relax.op.add(*calls) if len(calls) == 2 else calls[0]
+        call = relax.op.add(*calls) if len(calls) == 2 else calls[0]
+        return call if out_ty is ty else relax.op.astype(call, str(ty.dtype))
 
     @staticmethod
     def _accept(entry: LayerReport, analysis: Analysis) -> bool:
@@ -234,8 +250,8 @@ class LowerUnifiedBlocks:
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
         if layouts != ("NCHW", "OIHW", "NCHW"):
             return f"layouts {'/'.join(map(str, layouts))} (only NCHW/OIHW)"
-        if attrs.out_dtype not in ("", "float32") or x_shape is None or len(x_shape) != 4:
-            return "input is not a static float32 NCHW tensor"
+        if str(attrs.out_dtype) not in ("", "void", "float32", "float16") or x_shape is None or len(x_shape) != 4:
+            return "input is not a static NCHW tensor of the kernels' dtype"
         padding = _ints(attrs.padding)
         padding = padding * (4 // len(padding)) if len(padding) in (1, 2) else padding
         return Conv2dGeometry(x_shape[0], x_shape[1], x_shape[2], x_shape[3], weight.shape[0],
@@ -249,7 +265,7 @@ class LowerUnifiedBlocks:
         if weight.ndim != 2 or (axes is not None and _ints(axes) != (1, 0)):
             return "matmul weight is not a transposed 2D constant"
         if x_shape is None or len(x_shape) != 2:
-            return "input is not a static float32 [batch, features] tensor"
+            return "input is not a static [batch, features] tensor of the kernels' dtype"
         return (x_shape[0], weight.shape[1], weight.shape[0])
 
 

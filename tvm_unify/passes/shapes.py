@@ -6,11 +6,11 @@ import tvm
 from tvm import relax
 
 
-def static_tensor_shape(expr: relax.Expr) -> tuple[int, ...] | None:
-    """The shape of a float32 tensor expression whose dimensions are all constants, else None (the
-    kernels are generated per shape)."""
+def static_tensor_shape(expr: relax.Expr, dtype: str = "float32") -> tuple[int, ...] | None:
+    """The shape of a ``dtype`` tensor expression whose dimensions are all constants, else None (the
+    kernels are generated per shape and dtype)."""
     ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != "float32":
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != dtype:
         return None
     dims = []
     for d in ty.shape.values:

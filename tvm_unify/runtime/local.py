@@ -18,7 +18,7 @@ from tvm import relax
 
 from ..errors import UserError, first_line
 from ..fileio import require_file
-from .opencl_setup import ensure_opencl_runtime
+from .opencl_setup import opencl_device
 
 # ELF e_machine values of the architectures we build for.
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "arm"}
@@ -41,14 +41,26 @@ def library_device(path: str | os.PathLike) -> str:
     return "opencl" if b"__kernel" in require_file(path, "library").read_bytes() else "cpu"
 
 
-def local_device(device: str = "cpu") -> tvm.runtime.Device:
-    """This machine's ``cpu`` or first ``opencl`` device (loading TVM's OpenCL runtime for it)."""
+def library_extensions(path: str | os.PathLike) -> tuple[str, ...]:
+    """The OpenCL extensions a library's kernels need, read from its embedded OpenCL source:
+    ``cl_khr_fp16`` for fp16 kernels (TVM's code declares ``half`` variables, legal only with it; without
+    it the device's compiler stops at the ``#error`` TVM puts there)."""
+    return ("cl_khr_fp16",) if b"cl_khr_fp16" in require_file(path, "library").read_bytes() else ()
+
+
+def local_device(device: str = "cpu", extensions: tuple[str, ...] = ()) -> tvm.runtime.Device:
+    """This machine's ``cpu``, or its first ``opencl`` device with ``extensions`` (loading TVM's OpenCL
+    runtime for it; a one-line error when no device has them)."""
     if device not in DEVICES:
         raise UserError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
     if device == "opencl":
-        ensure_opencl_runtime()
-        return tvm.opencl(0)
+        return opencl_device(extensions)
     return tvm.cpu()
+
+
+def _device_for(path: str | os.PathLike, device: str) -> tvm.runtime.Device:
+    """The local ``device`` that can run the library at ``path`` (an OpenCL one with its extensions)."""
+    return local_device(device, library_extensions(path) if device == "opencl" else ())
 
 
 def load_local(path: str | os.PathLike, device: str = "cpu") -> relax.VirtualMachine:
@@ -58,7 +70,7 @@ def load_local(path: str | os.PathLike, device: str = "cpu") -> relax.VirtualMac
     if arch != host:
         raise UserError(f"{path} is built for {arch}, this machine is {host}: "
                         "run it on a device (RPC) instead of locally")
-    dev = local_device(device)  # before loading: an OpenCL module needs the runtime to load
+    dev = _device_for(path, device)  # before loading: an OpenCL module needs the runtime to load
     try:
         lib = tvm.runtime.load_module(str(path))
     except RuntimeError as err:
@@ -79,8 +91,9 @@ def run_local(path: str | os.PathLike, data: np.ndarray, device: str = "cpu") ->
     """Run ``main`` of the library at ``path`` on one input array on the local ``device`` and return its
     output."""
     vm = load_local(path, device)
+    dev = _device_for(path, device)
     try:
-        return vm["main"](tvm.runtime.tensor(np.ascontiguousarray(data), local_device(device))).numpy()
+        return vm["main"](tvm.runtime.tensor(np.ascontiguousarray(data), dev)).numpy()
     except (RuntimeError, ValueError, TypeError) as err:
         expected = re.search(r"annotation=R\.Tensor\(\(([\d, ]*)\), dtype=\"(\w+)\"", str(err))
         if expected:

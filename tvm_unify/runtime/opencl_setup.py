@@ -13,18 +13,26 @@ and ``dlopen`` it into the running process. The venv is left untouched: a librar
 Load it **before** ``tvm.compile`` of an OpenCL target: the compiler asks for
 ``ffi.Module.create.opencl`` while building, and without it keeps the kernels in a module that only
 serialises (``export_library`` + ``tvm.runtime.load_module`` after loading still works).
+
+fp16 kernels need ``cl_khr_fp16``, which PoCL's CPU device lacks (Debian's 3.1 and PyPI's
+``pocl-binary-distribution`` 3.0 alike). Intel's CPU OpenCL runtime has it on any x86-64 CPU and comes from
+PyPI (``intel-opencl-rt``, the ``opencl-fp16`` extra); pip leaves its ICD file pointing at a conda path,
+so when it is installed we register it, next to the system's drivers, through a cached ``OCL_ICD_VENDORS``
+folder before the ICD loader's first call (``register_pip_drivers``). ``opencl_device`` then picks the
+first device with the extensions a library needs (``device_extensions`` asks the ICD loader directly).
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 
 from ..errors import UserError
@@ -38,6 +46,9 @@ CXXFLAGS = ("-std=c++20", "-O2", "-fPIC", "-fvisibility=hidden", "-DNDEBUG", "-D
             "-DTVM_FFI_EXPORTS")
 
 _loaded: dict[str, ctypes.CDLL] = {}  # keeps the dlopen'd sidecar alive; keyed by its path
+# The pip-installed OpenCL driver with cl_khr_fp16 (extra opencl-fp16) and its driver library.
+FP16_DRIVER, FP16_DRIVER_LIB = "intel-opencl-rt", "libintelocl.so"
+SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
 
 
 def cache_dir() -> Path:
@@ -102,9 +113,98 @@ def _load(log) -> Path:
     """Load the runtime into this process unless TVM already has one; return its library."""
     provider = _existing_provider()
     if provider is None:
+        register_pip_drivers()  # before the first OpenCL call, which reads OCL_ICD_VENDORS once
         provider = _ensure_built(log)
         _loaded[str(provider)] = ctypes.CDLL(str(provider), mode=ctypes.RTLD_LOCAL)
     return provider
+
+
+def pip_driver_library() -> Path | None:
+    """Intel's CPU OpenCL driver when its PyPI package (extra ``opencl-fp16``) is installed, else None."""
+    try:
+        files = distribution(FP16_DRIVER).files or []
+    except PackageNotFoundError:
+        return None
+    found = [Path(f.locate()).resolve() for f in files if f.name == FP16_DRIVER_LIB]
+    return next((path for path in found if path.is_file()), None)
+
+
+def register_pip_drivers() -> Path | None:
+    """Point ``OCL_ICD_VENDORS`` at a cached folder holding the system's ICD files plus one for the pip
+    driver (its own names a conda prefix); return the folder, or None when there is nothing to add or
+    the user set ``OCL_ICD_VENDORS`` (theirs wins). Effective only before the ICD loader's first call."""
+    driver = pip_driver_library()
+    if driver is None or "OCL_ICD_VENDORS" in os.environ:
+        return None
+    icds = {p.name: p.read_text() for p in sorted(SYSTEM_VENDORS.glob("*.icd"))} if SYSTEM_VENDORS.is_dir() else {}
+    icds[f"{FP16_DRIVER}.icd"] = f"{driver}\n"
+    key = hashlib.sha256(repr(sorted(icds.items())).encode()).hexdigest()[:16]
+    folder = cache_dir() / f"vendors-{key}"
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=folder.parent))
+        for name, text in icds.items():
+            (scratch / name).write_text(text)
+        try:
+            scratch.rename(folder)  # atomic; a concurrent caller may have won, with the same contents
+        except OSError:
+            shutil.rmtree(scratch)
+    os.environ["OCL_ICD_VENDORS"] = str(folder)
+    return folder
+
+
+@functools.cache
+def device_extensions() -> dict[str, frozenset[str]]:
+    """OpenCL device name -> its extensions, asked of the ICD loader (TVM exposes names, not extensions).
+
+    Cached: the set of drivers is fixed once the loader has started in this process."""
+    cl = ctypes.CDLL("libOpenCL.so.1")
+    count = ctypes.c_uint32()
+    if cl.clGetPlatformIDs(0, None, ctypes.byref(count)) != 0 or count.value == 0:
+        return {}
+    platforms = (ctypes.c_void_p * count.value)()
+    cl.clGetPlatformIDs(count, platforms, None)
+    found: dict[str, frozenset[str]] = {}
+    for platform in platforms:
+        n = ctypes.c_uint32()
+        if cl.clGetDeviceIDs(ctypes.c_void_p(platform), ctypes.c_uint64(0xFFFFFFFF), 0, None, ctypes.byref(n)) != 0:
+            continue  # CL_DEVICE_TYPE_ALL; a platform without devices answers an error
+        devices = (ctypes.c_void_p * n.value)()
+        cl.clGetDeviceIDs(ctypes.c_void_p(platform), ctypes.c_uint64(0xFFFFFFFF), n, devices, None)
+        for device in devices:
+            name, extensions = (_device_info(cl, device, what) for what in (0x102B, 0x1030))  # NAME, EXTENSIONS
+            found[name] = frozenset(extensions.split())
+    return found
+
+
+def _device_info(cl: ctypes.CDLL, device: int, what: int) -> str:
+    """A string property of an OpenCL device (``clGetDeviceInfo``)."""
+    size = ctypes.c_size_t()
+    cl.clGetDeviceInfo(ctypes.c_void_p(device), ctypes.c_uint32(what), 0, None, ctypes.byref(size))
+    buffer = ctypes.create_string_buffer(size.value)
+    cl.clGetDeviceInfo(ctypes.c_void_p(device), ctypes.c_uint32(what), size, buffer, None)
+    return buffer.value.decode(errors="replace")
+
+
+FP16_HINT = ("PoCL's CPU device has none; pip install 'tvm-unify[opencl-fp16]' adds Intel's CPU OpenCL runtime, "
+             "which has it")
+
+
+def opencl_device(extensions: tuple[str, ...] = ()):
+    """The first of TVM's OpenCL devices that has every one of ``extensions`` (e.g. ``cl_khr_fp16`` for an
+    fp16 library), the runtime loaded; a one-line UserError when none has them."""
+    import tvm
+
+    ensure_opencl_runtime()
+    known = device_extensions()
+    index = 0
+    while (dev := tvm.opencl(index)).exist:
+        if all(ext in known.get(dev.device_name, ()) for ext in extensions):
+            return dev
+        index += 1
+    names = ", ".join(tvm.opencl(i).device_name for i in range(index)) or "none"
+    hint = f": {FP16_HINT}" if "cl_khr_fp16" in extensions else ""
+    raise UserError(f"no OpenCL device here has {' '.join(extensions)} (devices: {names}){hint}")
 
 
 def _device_found() -> bool:
