@@ -33,7 +33,8 @@ install_python() {
     "$VENV/bin/pip" install -q --upgrade pip
     # torch first, pinned, so nothing later pulls a CUDA build.
     "$VENV/bin/pip" install -q torch==2.13.0
-    "$VENV/bin/pip" install -q -e ".[test,bench]"  # bench: the peer runtimes the slow peer test compares with
+    # bench: the peer runtimes the slow peer test compares with; opencl-fp16: an OpenCL device with fp16 here
+    "$VENV/bin/pip" install -q -e ".[test,bench,opencl-fp16]"
     echo "$want" > "$stamp"
 }
 
