@@ -10,7 +10,12 @@ the same work-group tiling (every pixel tile reads the whole dense weight), plus
 of both (each tensor once). PoCL times are CPU OpenCL timings: they show the builds run and agree with
 PyTorch, not how a mobile GPU performs.
 
-    python benchmarks/gpu.py [--models resnet18 mobilenetv2] [--pocl digits-cnn resnet18]
+The fp16 table counts the same kernels with ``--gpu-precision fp16`` (half activations and scales: the
+tile, pixel tile and row count ``plan_launch`` picks for 2-byte inputs), against fp32. The fp16 runs are
+on this machine's OpenCL device with cl_khr_fp16 (Intel's CPU OpenCL runtime, the ``opencl-fp16``
+extra): again correctness, not speed.
+
+    python benchmarks/gpu.py [--models resnet18 mobilenetv2] [--pocl digits-cnn resnet18] [--fp16 digits-cnn]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tvm_unify.kernels import Conv2dGeometry, to_ell
 from tvm_unify.kernels.common import conv2d_problem, dense_problem
 from tvm_unify.kernels.gpu import PIXEL_TILE, GpuLimits, plan_launch
 from tvm_unify.models import get_builtin
-from tvm_unify.runtime.local import load_local, local_device
+from tvm_unify.runtime.local import load_local, local_device, run_local
 from tvm_unify.targets import load_target
 from tvm_unify.testing import torch_reference, unified_model
 from tvm_unify.torchscript import save_torchscript
@@ -73,8 +78,10 @@ def layer_inputs(model: nn.Module, names: list[str], shape: tuple[int, ...]) -> 
     return seen
 
 
-def count_layer(name: str, module: nn.Module, x_shape: tuple[int, ...], limits: GpuLimits) -> Layer:
-    """The traffic and operations of ``module``'s unified kernel and of a dense kernel, same tiling."""
+def count_layer(name: str, module: nn.Module, x_shape: tuple[int, ...], limits: GpuLimits,
+                itemsize: int = 4) -> Layer:
+    """The traffic and operations of ``module``'s unified kernel and of a dense kernel, same tiling, with
+    activations, scales and dense weights of ``itemsize`` bytes (4: fp32, 2: fp16)."""
     w = module.weight.detach().numpy()
     ell = to_ell(verify(w, BlockSpec(4, 4, "tap")).encoded)
     if isinstance(module, nn.Conv2d):
@@ -84,24 +91,56 @@ def count_layer(name: str, module: nn.Module, x_shape: tuple[int, ...], limits: 
     else:
         problem = dense_problem(x_shape[0], module.in_features, module.out_features, in_place=False)
     o, k, p = w.shape[0], problem.k_extent, problem.p_extent
-    launch = plan_launch(problem, ell.columns.shape[0], limits)
+    launch = plan_launch(problem, ell.columns.shape[0], limits, itemsize)
     tiles, row_blocks = p // launch.pixels, -(-ell.columns.shape[0] // launch.rows)
     slots = sum(g.size * g.width for g in ell.groups)  # computed slots, padding included
-    entry = 4 + 4 + ell.signs.shape[2] * ell.signs.itemsize  # column, scale, sign words
-    x_bytes = row_blocks * k * p * 4 if launch.staged else slots * ell.cols * p * 4
-    y_bytes = o * p * 4
+    entry = 4 + itemsize + ell.signs.shape[2] * ell.signs.itemsize  # column, scale, sign words
+    x_bytes = row_blocks * k * p * itemsize if launch.staged else slots * ell.cols * p * itemsize
+    y_bytes = o * p * itemsize
     unified = x_bytes + tiles * (slots * entry + ell.order.nbytes) + y_bytes
-    dense = row_blocks * k * p * 4 + tiles * o * k * 4 + y_bytes
+    dense = row_blocks * k * p * itemsize + tiles * o * k * itemsize + y_bytes
+    weight_bytes = ell.nbytes - ell.scales.nbytes + ell.scales.size * itemsize
     return Layer(name, (o, k, p), (launch.pixels, launch.rows), unified, dense,
-                 k * p * 4 + ell.nbytes + y_bytes, k * p * 4 + o * k * 4 + y_bytes,
+                 k * p * itemsize + weight_bytes + y_bytes, k * p * itemsize + o * k * itemsize + y_bytes,
                  slots * p * (ell.rows * ell.cols + 2 * ell.rows), 2.0 * o * k * p)
 
 
-def count_model(name: str, limits: GpuLimits) -> list[Layer]:
+def count_model(name: str, limits: GpuLimits, itemsize: int = 4) -> list[Layer]:
     model, names = unified_model(name)
     shapes = layer_inputs(model, names, get_builtin(name).input_shape)
     modules = dict(model.named_modules())
-    return [count_layer(n, modules[n], shapes[n], limits) for n in names]
+    return [count_layer(n, modules[n], shapes[n], limits, itemsize) for n in names]
+
+
+def fp16_table(name: str, fp32: list[Layer], fp16: list[Layer]) -> list[str]:
+    """Per layer, the unified kernel's counted bytes in fp32 and fp16, and the dense fp16 kernel's."""
+    lines = [f"### {name}: fp16 vs fp32 (`--gpu-precision fp16`)", "",
+             "| layer | tile fp32 / fp16 | unified fp32 MB | unified fp16 MB | fp32 / fp16 | dense fp16 MB | "
+             "dense fp16 / unified fp16 |", "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [(a.name, f"{a.tile[0]}x{a.tile[1]} / {b.tile[0]}x{b.tile[1]}", a.unified_bytes, b.unified_bytes,
+             b.dense_bytes) for a, b in zip(fp32, fp16)]
+    rows.append(("**all unified layers**", "", *(sum(r[i] for r in rows) for i in (2, 3, 4))))
+    for layer, tile, u32, u16, d16 in rows:
+        lines.append(f"| {layer} | {tile} | {u32 / MB:.2f} | {u16 / MB:.2f} | {u32 / u16:.2f}x | {d16 / MB:.2f} | "
+                     f"{d16 / u16:.1f}x |")
+    return lines + [""]
+
+
+def fp16_run(name: str, work: Path) -> dict[str, float]:
+    """Max error (relative to PyTorch's output scale) of ``name``'s unified ``opencl`` builds in each
+    precision, run on the first local OpenCL device with cl_khr_fp16; and that device's name."""
+    model, _ = unified_model(name)
+    path = work / f"{name}-fp16.pt"
+    save_torchscript(model, path, get_builtin(name).input_shape)
+    imported = import_torchscript(path)
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    ref, result = torch_reference(imported, x), {}
+    for precision in ("fp32", "fp16", "fp16-acc"):
+        so = work / f"{name}-{precision}.so"
+        compile_model(imported, "opencl", so, precision=precision)
+        result[precision] = float(np.abs(run_local(so, x, "opencl") - ref).max() / np.abs(ref).max())
+    result["device"] = local_device("opencl", ("cl_khr_fp16",)).device_name
+    return result
 
 
 def pocl_run(name: str, work: Path) -> dict[str, float]:
@@ -160,6 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["resnet18", "mobilenetv2"])
     parser.add_argument("--pocl", nargs="*", default=["digits-cnn", "resnet18"])
+    parser.add_argument("--fp16", nargs="*", default=["digits-cnn", "resnet18"],
+                        help="models to build in fp32/fp16/fp16-acc and run on an OpenCL device with fp16")
     parser.add_argument("-o", "--output", default=str(ROOT / "benchmarks" / "gpu.md"))
     args = parser.parse_args()
     limits = GpuLimits.of(load_target("mali").tvm_target())
@@ -172,9 +213,11 @@ def main() -> None:
              f"`mali` preset ({limits.threads} work-items, {limits.local_bytes // 1024} KiB local memory).",
              ""]
     for name in args.models:
-        lines += layer_table(name, count_model(name, limits))
+        fp32 = count_model(name, limits)
+        lines += layer_table(name, fp32) + fp16_table(name, fp32, count_model(name, limits, itemsize=2))
     if args.pocl:
-        lines += ["## PoCL runs (correctness only: a CPU OpenCL device, not a GPU speed figure)", "",
+        device = local_device("opencl").device_name  # PoCL's, or Intel's CPU device where the fp16 extra is in
+        lines += [f"## OpenCL runs on {device} (correctness only: a CPU OpenCL device, not a GPU speed figure)", "",
                   "| model | unified ms | dense ms | unified max err / output scale | dense max err |",
                   "|---|---:|---:|---:|---:|"]
         with tempfile.TemporaryDirectory() as work:
@@ -186,6 +229,16 @@ def main() -> None:
                       "Per block: its sign word and its 4 inputs (from local memory) into registers, 16 sign "
                       "flips (XOR of the float's sign bit) and adds, then one multiply-add per block row "
                       "with the block's scale.", "", *slot_loop(Path(work), args.pocl[0])]
+        lines.append("")
+    if args.fp16:
+        lines += ["## fp16 builds run (correctness only: a CPU OpenCL device with cl_khr_fp16)", "",
+                  "Max error of the unified `opencl` build's output vs PyTorch fp32, relative to the output "
+                  "scale, per `--gpu-precision`.", "", "| model | device | fp32 | fp16 | fp16-acc |",
+                  "|---|---|---:|---:|---:|"]
+        with tempfile.TemporaryDirectory() as work:
+            for name in args.fp16:
+                r = fp16_run(name, Path(work))
+                lines.append(f"| {name} | {r['device']} | {r['fp32']:.1e} | {r['fp16']:.1e} | {r['fp16-acc']:.1e} |")
         lines.append("")
     Path(args.output).write_text("\n".join(lines))
     print("\n".join(lines))
