@@ -137,7 +137,9 @@ def with_params(kernel: tvm.tirx.PrimFunc, params: list[tirx.Buffer], decls: lis
         tvm.tirx.analysis.verify_well_formed(kernel)
         return kernel
     body = list(kernel.body.seq) if isinstance(kernel.body, tirx.SeqStmt) else [kernel.body]
-    func = tirx.PrimFunc([*kernel.params[:-1], *params, kernel.params[-1]], tirx.SeqStmt([*decls, *body]),
+    stmts = [*decls, *body]
+    func = tirx.PrimFunc([*kernel.params[:-1], *params, kernel.params[-1]],
+                         stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts),
                          kernel.ret_type, kernel.attrs)
     tvm.tirx.analysis.verify_well_formed(func)
     return func

@@ -23,6 +23,7 @@ import numpy as np
 import tvm
 
 from .common import Conv2dGeometry, GemmProblem, conv2d_problem, dense_problem
+from .depthwise import OP as DEPTHWISE, regenerate_depthwise
 from .direct import direct_body
 from .ell import EllWeight, LutWeight, to_lut
 from .epilogue import Step
@@ -181,7 +182,10 @@ def _digest(value) -> str:
 
 def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
     """The kernel ``recipe`` describes, on the weight arrays of its call (arguments ``recipe["ell_args"]``),
-    with ``epilogue`` instead of the recipe's own."""
+    with ``epilogue`` instead of the recipe's own (a dense depthwise kernel's recipe, ``depthwise.py``, too:
+    the epilogue fusion treats both alike)."""
+    if recipe["op"] == DEPTHWISE:
+        return regenerate_depthwise(recipe, epilogue)
     form = FORMS.get(recipe["algorithm"], (EllWeight,))[0]
     weight = form(*recipe["block"], *weight_arrays)
     options = options_of(recipe, epilogue)
