@@ -40,8 +40,7 @@ def dev():
     missing = opencl_setup.missing_packages()
     if missing:
         pytest.skip(f"the OpenCL runtime needs Debian packages {' '.join(missing)}")
-    opencl_setup.ensure_opencl_runtime()
-    return tvm.opencl(0)
+    return opencl_setup.opencl_device()  # the runtime built and loaded; PoCL before other drivers
 
 
 def run_gpu(dev, func: tvm.tirx.PrimFunc, *arrays: np.ndarray, out_shape) -> np.ndarray:

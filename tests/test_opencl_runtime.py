@@ -30,8 +30,7 @@ def dev():
     missing = opencl_setup.missing_packages()
     if missing:
         pytest.skip(f"the OpenCL runtime needs Debian packages {' '.join(missing)}")
-    opencl_setup.ensure_opencl_runtime()
-    return tvm.opencl(0)
+    return opencl_setup.opencl_device()  # the runtime built and loaded; PoCL before other drivers
 
 
 def _schedule(mod: tvm.IRModule) -> tvm.IRModule:
@@ -172,3 +171,9 @@ def test_wheel_compiler_bytes_load_in_sidecar(dev, cnn, tmp_path, monkeypatch):
     ex.export_library(str(tmp_path / "fallback.so"))
     (out,) = _run(tvm.runtime.load_module(str(tmp_path / "fallback.so")), dev, x)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fp32_libraries_run_on_pocl(dev):
+    """With Intel's fp16 driver registered too (the opencl-fp16 extra), libraries that need no extension
+    still get PoCL's device, the one this project verifies its OpenCL builds on."""
+    assert dev.device_name.startswith("pthread"), dev.device_name

@@ -19,7 +19,8 @@ fp16 kernels need ``cl_khr_fp16``, which PoCL's CPU device lacks (Debian's 3.1 a
 PyPI (``intel-opencl-rt``, the ``opencl-fp16`` extra); pip leaves its ICD file pointing at a conda path,
 so when it is installed we register it, next to the system's drivers, through a cached ``OCL_ICD_VENDORS``
 folder before the ICD loader's first call (``register_pip_drivers``). ``opencl_device`` then picks the
-first device with the extensions a library needs (``device_extensions`` asks the ICD loader directly).
+device with the extensions a library needs, the system's drivers first (``opencl_devices`` asks the
+ICD loader directly).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ CXXFLAGS = ("-std=c++20", "-O2", "-fPIC", "-fvisibility=hidden", "-DNDEBUG", "-D
 _loaded: dict[str, ctypes.CDLL] = {}  # keeps the dlopen'd sidecar alive; keyed by its path
 # The pip-installed OpenCL driver with cl_khr_fp16 (extra opencl-fp16) and its driver library.
 FP16_DRIVER, FP16_DRIVER_LIB = "intel-opencl-rt", "libintelocl.so"
+FP16_PLATFORM = "Intel(R) OpenCL"  # its platform's name
 SYSTEM_VENDORS = Path("/etc/OpenCL/vendors")
 
 
@@ -154,35 +156,40 @@ def register_pip_drivers() -> Path | None:
 
 
 @functools.cache
-def device_extensions() -> dict[str, frozenset[str]]:
-    """OpenCL device name -> its extensions, asked of the ICD loader (TVM exposes names, not extensions).
-
-    Cached: the set of drivers is fixed once the loader has started in this process."""
+def opencl_devices() -> tuple[tuple[str, str, frozenset[str]], ...]:
+    """(platform, device name, extensions) of every OpenCL device, asked of the ICD loader (TVM exposes
+    names, not extensions). Cached: the set of drivers is fixed once the loader has started."""
     cl = ctypes.CDLL("libOpenCL.so.1")
     count = ctypes.c_uint32()
     if cl.clGetPlatformIDs(0, None, ctypes.byref(count)) != 0 or count.value == 0:
-        return {}
+        return ()
     platforms = (ctypes.c_void_p * count.value)()
     cl.clGetPlatformIDs(count, platforms, None)
-    found: dict[str, frozenset[str]] = {}
+    found = []
     for platform in platforms:
         n = ctypes.c_uint32()
         if cl.clGetDeviceIDs(ctypes.c_void_p(platform), ctypes.c_uint64(0xFFFFFFFF), 0, None, ctypes.byref(n)) != 0:
             continue  # CL_DEVICE_TYPE_ALL; a platform without devices answers an error
         devices = (ctypes.c_void_p * n.value)()
         cl.clGetDeviceIDs(ctypes.c_void_p(platform), ctypes.c_uint64(0xFFFFFFFF), n, devices, None)
+        platform_name = _info(cl.clGetPlatformInfo, platform, 0x0902)  # CL_PLATFORM_NAME
         for device in devices:
-            name, extensions = (_device_info(cl, device, what) for what in (0x102B, 0x1030))  # NAME, EXTENSIONS
-            found[name] = frozenset(extensions.split())
-    return found
+            name, extensions = (_info(cl.clGetDeviceInfo, device, what) for what in (0x102B, 0x1030))  # NAME, EXTENSIONS
+            found.append((platform_name, name, frozenset(extensions.split())))
+    return tuple(found)
 
 
-def _device_info(cl: ctypes.CDLL, device: int, what: int) -> str:
-    """A string property of an OpenCL device (``clGetDeviceInfo``)."""
+def device_extensions() -> dict[str, frozenset[str]]:
+    """OpenCL device name -> its extensions."""
+    return {name: extensions for _, name, extensions in opencl_devices()}
+
+
+def _info(query, handle: int, what: int) -> str:
+    """A string property of an OpenCL platform or device (``clGetPlatformInfo`` / ``clGetDeviceInfo``)."""
     size = ctypes.c_size_t()
-    cl.clGetDeviceInfo(ctypes.c_void_p(device), ctypes.c_uint32(what), 0, None, ctypes.byref(size))
+    query(ctypes.c_void_p(handle), ctypes.c_uint32(what), 0, None, ctypes.byref(size))
     buffer = ctypes.create_string_buffer(size.value)
-    cl.clGetDeviceInfo(ctypes.c_void_p(device), ctypes.c_uint32(what), size, buffer, None)
+    query(ctypes.c_void_p(handle), ctypes.c_uint32(what), size, buffer, None)
     return buffer.value.decode(errors="replace")
 
 
@@ -196,13 +203,16 @@ def opencl_device(extensions: tuple[str, ...] = ()):
     import tvm
 
     ensure_opencl_runtime()
-    known = device_extensions()
-    index = 0
-    while (dev := tvm.opencl(index)).exist:
-        if all(ext in known.get(dev.device_name, ()) for ext in extensions):
-            return dev
-        index += 1
-    names = ", ".join(tvm.opencl(i).device_name for i in range(index)) or "none"
+    known = {name: (platform == FP16_PLATFORM, exts) for platform, name, exts in opencl_devices()}
+    found = []
+    while (dev := tvm.opencl(len(found))).exist:
+        found.append(dev)
+    # the system's drivers first (TVM orders platforms by handle): fp32 libraries keep running on PoCL
+    # when the pip fp16 driver is registered too, which only libraries that need fp16 get
+    usable = [dev for dev in found if all(ext in known.get(dev.device_name, (False, ()))[1] for ext in extensions)]
+    if usable:
+        return min(usable, key=lambda dev: known.get(dev.device_name, (False,))[0])
+    names = ", ".join(dev.device_name for dev in found) or "none"
     hint = f": {FP16_HINT}" if "cl_khr_fp16" in extensions else ""
     raise UserError(f"no OpenCL device here has {' '.join(extensions)} (devices: {names}){hint}")
 
