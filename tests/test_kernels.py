@@ -8,10 +8,11 @@ off by at most half a quantization step; weights are exact), plus float slack.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings, strategies as st
 
 from tvm_unify.format import BlockSpec, to_matrix, verify
-from tvm_unify.kernels import KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
+from tvm_unify.kernels import Conv2dGeometry, KernelOptions, kernel_weight, to_ell, to_lut, unified_conv2d, unified_dense
 from tvm_unify.kernels.ell import MAX_GROUPS, RowGroup, lut_bits, row_groups
 from tvm_unify.testing import BLOCKS, conv_case, conv_cases, project, run_kernel
 
@@ -42,6 +43,21 @@ def _conv(case, mode, algorithm=None, tasks=4):
 @given(conv_cases(), st.sampled_from(["lut", "direct"]), st.sampled_from([1, 2, 3, 4]))
 def test_conv2d_fp32_matches_pytorch(case, algorithm, tasks):
     _conv(case, "fp32", algorithm, tasks)
+
+
+@pytest.mark.parametrize("algorithm", ["lut", "direct"])
+@pytest.mark.parametrize("out_hw, batch", [((7, 7), 2), ((14, 14), 1), ((3, 5), 1)])
+def test_odd_pixel_counts_use_whole_overlapping_vectors(algorithm, out_hw, batch):
+    """An output whose pixel count no power of two divides (7x7: 49) is tiled with the widest vector that
+    fits an image, the last tile of each image moved back to overlap its neighbour: 16 lanes, not 1."""
+    g = Conv2dGeometry(batch, 8, out_hw[0], out_hw[1], 8, (3, 3), padding=(1, 1, 1, 1))
+    case = (g, (4, 4), "tap", 0.5, 3)
+    w, x, ref = conv_case(case)
+    weight = kernel_weight(to_ell(verify(w, BlockSpec(4, 4, "tap")).encoded), "fp32", g.pixels, algorithm)
+    func = unified_conv2d(g, weight, "tap", KernelOptions(algorithm=algorithm, lanes=16))
+    vl = min(16, 1 << (out_hw[0] * out_hw[1]).bit_length() - 1)
+    assert f"T.vectorized({vl})" in func.script(), "tiles are whole vectors of the widest width that fits"
+    check(run_kernel(func, x, weight, ref.shape), ref, x, w, "tap", "fp32", out_axis=1)
 
 
 @settings(max_examples=8, deadline=None)

@@ -26,7 +26,7 @@ from tvm.relax.backend import gpu_generic
 from tvm.s_tir import dlight as dl
 
 from .errors import UserError
-from .passes import FoldConstantsNumpy, FuseUnifiedEpilogue, KeepScheduledOpaque, LowerDepthwiseConv2d
+from .passes import FoldConstantsNumpy, FuseUnifiedEpilogue, KeepScheduledOpaque, LowerPlanarConv2d
 from .runtime.opencl_setup import ensure_opencl_runtime
 from .schedule import ApplyDefaultSchedules
 from .targets import TargetPreset
@@ -44,7 +44,7 @@ def prepare_passes(fuse_epilogues: bool = True) -> list[tvm.transform.Pass]:
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        LowerDepthwiseConv2d(),  # CPU targets; before the layout conversion, which would transpose its weights
+        LowerPlanarConv2d(),  # CPU targets; before the layout conversion, which would transpose its weights
         relax.transform.ConvertLayout(CONV_LAYOUT),
         FoldConstantsNumpy(),
         *([FuseUnifiedEpilogue()] if fuse_epilogues else []),

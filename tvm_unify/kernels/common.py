@@ -93,6 +93,11 @@ class GemmProblem:
         """The vector width of a pixel tile: the largest power of two <= ``lanes`` that divides ``group``."""
         return pick_lanes(self.group, lanes)
 
+    def overlapping_lanes(self, lanes: int) -> int:
+        """The vector width of a pixel tile when tiles may overlap (``GemmPlan.tile_start``): the largest
+        power of two <= ``lanes`` and ``group``. A 7x7 output (49 pixels, odd) gets 16 lanes, not 1."""
+        return tile_lanes(self.group, lanes)
+
 
 @dataclass(frozen=True)
 class WordGather:
@@ -124,6 +129,14 @@ def pick_lanes(extent: int, lanes: int) -> int:
     return v
 
 
+def tile_lanes(extent: int, lanes: int) -> int:
+    """The largest power of two <= ``lanes`` and ``extent``."""
+    v = 1
+    while v * 2 <= min(extent, lanes):
+        v *= 2
+    return v
+
+
 def conv2d_problem(g: Conv2dGeometry, layout: str, lanes: int, in_place: bool = True) -> GemmProblem:
     """The GEMM of a conv2d whose weight matrix is in ``layout`` (``format.py``); ``in_place`` lets a
     1x1/stride-1 batch-1 conv read its input directly."""
@@ -139,7 +152,7 @@ def conv2d_problem(g: Conv2dGeometry, layout: str, lanes: int, in_place: bool = 
     direct = in_place and g.reads_input_in_place
     return GemmProblem((g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
                        g.in_channels * kh * kw, g.pixels, q,
-                       None if direct else conv_gather(g, layout, pick_lanes(q, lanes)),
+                       None if direct else conv_gather(g, layout, tile_lanes(q, lanes)),
                        None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index,
                        conv_words(g, layout))
 
@@ -188,7 +201,9 @@ def tap_decoder(layout: str, channels: int, kh: int, kw: int) -> Callable:
 def conv_gather(g: Conv2dGeometry, layout: str, vl: int) -> Callable:
     """``gather(xp, k, p0, v)`` = X[k, p0 + v] of the conv's im2col view, read from the zero-padded
     input ``xp``: k decodes to (channel, tap) in the weight's layout; a tile of ``vl`` pixels stays in
-    one output row when it can (contiguous loads at stride 1)."""
+    (contiguous loads at stride 1). Tiles of ``vl`` stay in one row when ``vl`` divides the row; with
+    ``tile_lanes`` that holds for divisible and overlapping tiles alike (a ``vl`` that divides the row
+    divides the image, so its tiles do not overlap)."""
     (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.stride, g.dilation
     oh, ow = g.out_hw
     q = oh * ow
@@ -211,11 +226,11 @@ def x_at(src: tvm.tirx.Buffer, gather: Callable | None, k, p0, v):
     return src[k, p0 + v] if gather is None else gather(src, k, p0, v)
 
 
-def xcol_at(xcol: tvm.tirx.Buffer, k, t, vl: int, v):
-    """X[k, t * vl + v] from the staged GEMM input: tile-major ``[tiles, K, vl]`` (a tile's K x vl
-    values contiguous, so a kernel walking K for one tile streams through memory), or the input itself
-    viewed ``[K, P]``."""
-    return xcol[t, k, v] if len(xcol.shape) == 3 else xcol[k, t * vl + v]
+def xcol_at(xcol: tvm.tirx.Buffer, k, t, p0, v):
+    """X[k, p0 + v] of tile ``t`` (starting at pixel ``p0``) from the staged GEMM input: tile-major
+    ``[tiles, K, vl]`` (a tile's K x vl values contiguous, so a kernel walking K for one tile streams
+    through memory), or the input itself viewed ``[K, P]``."""
+    return xcol[t, k, v] if len(xcol.shape) == 3 else xcol[k, p0 + v]
 
 
 def lane_reduce(buf: tvm.tirx.Buffer, start: int, count: int, combine=lambda a, b: a + b):

@@ -37,14 +37,14 @@ def direct_body(plan: GemmPlan) -> Callable:
                         for i in T.unroll(br):
                             for v in T.vectorized(vl):
                                 part[i, v] = part[i, v] + apply_sign(
-                                    xcol_at(xcol, columns[rb, slot] * bc + j, task // chunks, vl, v),
+                                    xcol_at(xcol, columns[rb, slot] * bc + j, task // chunks, plan.tile_start(task // chunks), v),
                                     sign_bit(signs, rb, slot, i * bc + j), mode)
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
                             acc[i, v] = acc[i, v] + T.Cast("float32", part[i, v]) * scales[rb, slot]
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):
-                        store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v] * qscale[0])
+                        store(yv, plan.tile_start(task // chunks), order[rb] * br + i, v, acc[i, v] * qscale[0])
 
             each_row(task % chunks, groups, chunks, direct_row)
 

@@ -124,7 +124,7 @@ def free_body(plan: GemmPlan) -> Callable:
                         for u in T.unroll(per):
                             for v in T.vectorized(vl):
                                 xv[u, v] = x_at(src, gather, columns[rb, slot] * bc + j,
-                                                (task // nbr * per + u) * vl, v)
+                                                plan.tile_start(task // nbr * per + u), v)
                         for i in T.unroll(br):
                             for u in T.unroll(per):
                                 for v in T.vectorized(vl):
@@ -132,13 +132,14 @@ def free_body(plan: GemmPlan) -> Callable:
                 for u in T.unroll(per):
                     for i in T.unroll(br):
                         for v in T.vectorized(vl):
-                            store(yv, (task // nbr * per + u) * vl, rb * br + i, v, acc[u * br + i, v])
+                            store(yv, plan.tile_start(task // nbr * per + u), rb * br + i, v, acc[u * br + i, v])
 
     return body
 
 
 def _free_kernel(problem: GemmProblem, ell: FreeEll, lanes: int) -> tvm.tirx.PrimFunc:
-    return gemm_kernel(plan_gemm(problem, ell, ("columns", "values"), KernelOptions(lanes=lanes), 1), free_body)
+    return gemm_kernel(plan_gemm(problem, ell, ("columns", "values"), KernelOptions(lanes=lanes), 1, overlap=True),
+                       free_body)
 
 
 def free_conv2d(g: Conv2dGeometry, ell: FreeEll, layout: str, lanes: int = DEFAULT_LANES) -> tvm.tirx.PrimFunc:

@@ -79,6 +79,17 @@ class GemmPlan:
     epilogue_params: list[tirx.Buffer] = field(repr=False)
     epilogue_decls: list[tirx.Stmt] = field(repr=False)
 
+    def tile_start(self, t):
+        """The first pixel of tile ``t``: ``t * vl``, or, when ``vl`` does not divide an image's pixels
+        (``plan_gemm(overlap=True)``), the image's tiles with the last one moved back to end at the
+        image's last pixel. It then recomputes a few pixels of its neighbour, storing the same values,
+        so every tile is whole vectors: no masked lanes, no scalar tail."""
+        group, vl = self.problem.group, self.vl
+        if group % vl == 0:
+            return t * vl
+        per_image = -(-group // vl)
+        return t // per_image * group + T.min(t % per_image * vl, group - vl)
+
     @property
     def staged(self) -> bool:
         """Whether the prologue stages X tile-major: the sign-apply algorithms do, except an fp32 GEMM
@@ -104,11 +115,12 @@ Body = Callable[[GemmPlan], Callable]
 
 
 def plan_gemm(problem: GemmProblem, weight, names: Sequence[str], options: KernelOptions,
-              min_tasks: int) -> GemmPlan:
+              min_tasks: int, overlap: bool = False) -> GemmPlan:
     """The plan for ``weight`` (whose ``arrays`` are named ``names``), with at least ``min_tasks``
-    parallel tasks where the block rows allow."""
-    vl = problem.lanes(options.lanes)
-    tiles = problem.p_extent // vl
+    parallel tasks where the block rows allow. ``overlap``: the body places tiles with ``tile_start``,
+    so the widest vector that fits an image is used (else the widest that divides it)."""
+    vl = problem.overlapping_lanes(options.lanes) if overlap else problem.lanes(options.lanes)
+    tiles = problem.p_extent // problem.group * -(-problem.group // vl)
     buffers = {name: tirx.decl_buffer(array.shape, str(array.dtype), name)
                for name, array in zip(names, weight.arrays, strict=True)}
     params, decls, finish = bind_epilogue(options.epilogue, problem.y_shape[1], problem.y_shape, problem.y_view)
@@ -204,7 +216,8 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
                 for t in range(tiles):
                     for v in T.vectorized(vl):
                         xcol[t, kq, v] = pack_int8x4(
-                            [quantize(x_at(src, gather, kq * 4 + j, t * vl, v), inv) for j in range(4)])
+                            [quantize(x_at(src, gather, kq * 4 + j, plan.tile_start(t), v), inv)
+                             for j in range(4)])
         elif staged:
             xcol = T.decl_buffer((tiles, k_extent, vl), xdtype)
             inv = T.float32(1) / qscale[0]
@@ -212,9 +225,9 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
                 for t in range(tiles):
                     for v in T.vectorized(vl):
                         if xdtype == "float32":
-                            xcol[t, k, v] = x_at(src, gather, k, t * vl, v)
+                            xcol[t, k, v] = x_at(src, gather, k, plan.tile_start(t), v)
                         else:
-                            xcol[t, k, v] = quantize(x_at(src, gather, k, t * vl, v), inv)
+                            xcol[t, k, v] = quantize(x_at(src, gather, k, plan.tile_start(t), v), inv)
         else:
             xcol = src
         run(src, xcol, yv, qscale)

@@ -25,7 +25,7 @@ def gemv_body(plan: GemmPlan) -> Callable:
         xrep = T.decl_buffer((k_extent // bc, n), xdtype)
         for c in T.parallel(k_extent // bc):
             for e in T.vectorized(n):
-                xrep[c, e] = xcol_at(xcol, c * bc + e % bc, 0, 1, 0)
+                xrep[c, e] = xcol_at(xcol, c * bc + e % bc, 0, 0, 0)
         for task in T.parallel(chunks):
             @T.inline
             def gemv_row(rb, slots):

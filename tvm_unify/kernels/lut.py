@@ -68,7 +68,7 @@ def lut_body(plan: GemmPlan) -> Callable:
         for task in T.parallel(tiles * chunks):
             lut = T.decl_buffer((k_extent // g * nent, vl), "float32")
             for r in range(k_extent // g):
-                fill_table(src, lut, r, task // chunks * vl)
+                fill_table(src, lut, r, plan.tile_start(task // chunks))
 
             @T.inline
             def lut_row(rb, slots):
@@ -80,7 +80,7 @@ def lut_body(plan: GemmPlan) -> Callable:
                             acc[i, v] = acc[i, v] + scales[rb, slot] * _lookups(lut, entries, rb, slot, i, v, bc // g)
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):
-                        store(yv, task // chunks * vl, order[rb] * br + i, v, acc[i, v])
+                        store(yv, plan.tile_start(task // chunks), order[rb] * br + i, v, acc[i, v])
 
             each_row(task % chunks, groups, chunks, lut_row)
 

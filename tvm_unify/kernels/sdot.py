@@ -135,7 +135,7 @@ def _dot_body(plan: GemmPlan, instruction: bool) -> Callable:
                     accumulate(acc, xcol, xbytes, wbytes, task // chunks, rb, slot)
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):
-                        store(yv, task // chunks * vl, order[rb] * br + i, v,
+                        store(yv, plan.tile_start(task // chunks), order[rb] * br + i, v,
                               T.Cast("float32", acc[i, v]) * (row_scales[rb] * qscale[0]))
 
             each_row(task % chunks, groups, chunks, dot_row)

@@ -91,7 +91,7 @@ def smmla_body(plan: GemmPlan) -> Callable:
                     accumulate(acc, xcol, task // chunks, rb, pair)
                 for i in T.unroll(br):
                     for v in T.vectorized(vl):
-                        store(yv, task // chunks * vl, order[rb] * br + i, v,
+                        store(yv, plan.tile_start(task // chunks), order[rb] * br + i, v,
                               T.Cast("float32", acc[i // 2, v // 2 * 4 + i % 2 * 2 + v % 2])
                               * (row_scales[rb] * qscale[0]))
 

@@ -23,7 +23,7 @@ import numpy as np
 import tvm
 
 from .common import Conv2dGeometry, GemmProblem, conv2d_problem, dense_problem
-from .depthwise import OP as DEPTHWISE, regenerate_depthwise
+from .planar import OP as PLANAR, regenerate_planar
 from .direct import direct_body
 from .ell import EllWeight, LutWeight, to_lut
 from .epilogue import Step
@@ -109,7 +109,9 @@ def _unified(problem: GemmProblem, weight: KernelWeight, options: KernelOptions,
     options = _resolve(weight, problem, options)
     min_tasks = options.tasks if options.algorithm == "lut" else options.row_tasks
     weight = weight.with_max_groups(options.max_groups)
-    plan = plan_gemm(problem, weight, FIELDS[type(weight)], options, min_tasks)
+    # the int8 dot products stage words by pixel (``gemm.word_stager``): their tiles must not overlap
+    plan = plan_gemm(problem, weight, FIELDS[type(weight)], options, min_tasks,
+                     overlap=options.algorithm not in DOT_ALGORITHMS)
     kernel = gemm_kernel(plan, ALGORITHMS[options.algorithm])
     return with_recipe(kernel, shape, (weight.rows, weight.cols), len(weight.arrays), options)
 
@@ -182,10 +184,10 @@ def _digest(value) -> str:
 
 def regenerate(recipe: dict, weight_arrays: Sequence[np.ndarray], epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
     """The kernel ``recipe`` describes, on the weight arrays of its call (arguments ``recipe["ell_args"]``),
-    with ``epilogue`` instead of the recipe's own (a dense depthwise kernel's recipe, ``depthwise.py``, too:
-    the epilogue fusion treats both alike)."""
-    if recipe["op"] == DEPTHWISE:
-        return regenerate_depthwise(recipe, epilogue)
+    with ``epilogue`` instead of the recipe's own (a dense planar conv's recipe, ``planar.py``, too: the
+    epilogue fusion treats both alike)."""
+    if recipe["op"] == PLANAR:
+        return regenerate_planar(recipe, epilogue)
     form = FORMS.get(recipe["algorithm"], (EllWeight,))[0]
     weight = form(*recipe["block"], *weight_arrays)
     options = options_of(recipe, epilogue)
