@@ -246,7 +246,7 @@ class LowerUnifiedBlocks:
     def _conv_geometry(call: relax.Call, x_shape, weight: np.ndarray) -> Conv2dGeometry | str:
         attrs = call.attrs
         if int(attrs.groups) != 1:
-            return f"groups={int(attrs.groups)} (depthwise/grouped convs stay dense)"
+            return f"groups={int(attrs.groups)} (depthwise/grouped convs stay dense; on CPUs depthwise ones run the planar kernel)"
         layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
         if layouts != ("NCHW", "OIHW", "NCHW"):
             return f"layouts {'/'.join(map(str, layouts))} (only NCHW/OIHW)"
