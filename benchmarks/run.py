@@ -340,6 +340,10 @@ def previous_records(path: Path, cpu: str, redo: set[tuple]) -> list[dict]:
     return [r for r in old["results"] if (r["model"], r["variant"], r["engine"], r["threads"]) not in redo]
 
 
+TUNED_NOTE = ("compile applies the shipped records (`schedules/host`) to every TVM build here; tuning this "
+              "machine's dense kernels first (`tvm-unify tune --dense`, meta-schedule) is not part of this run")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     engines = [e for e in ENGINES if e.key in args.engines]
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"machine": machine(), "versions": versions(litert_python), "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]), "note": args.note,
             "policy": {"warmup": args.warmup, "repeat": args.repeat, "check_inputs": CHECK_INPUTS,
                        "fp32_tolerance": FP32_TOLERANCE, "int8_tolerance": INT8_TOLERANCE},
-            "skipped": {**skipped, "TVM tuned": "no `tvm-unify tune` command yet"}}
+            "skipped": {**skipped, "TVM tuned": TUNED_NOTE}}
     print(f"machine: {info['machine']['cpu']} ({', '.join(info['machine']['vector_extensions'])}), "
           f"{info['machine']['cores']} cores", flush=True)
     print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()), flush=True)
