@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--engines", nargs="+", choices=[e.key for e in ENGINES], default=[e.key for e in ENGINES])
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before timing")
     parser.add_argument("--repeat", type=int, default=100, help="timed single calls per engine")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every engine this many times, in turn, and keep each one's fastest round "
+                             "(fairer ratios on a machine whose speed drifts)")
     parser.add_argument("--quick", action="store_true",
                         help="CI smoke run: digits-cnn, dense + 0.75 4x4, 2 threads, 20 calls; exits 1 "
                              "unless every engine produced a number")
@@ -240,6 +243,34 @@ def artifact_size(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.exists())
 
 
+def merge_rounds(records: list[dict]) -> dict:
+    """One job's record over ``--rounds``: its fastest round (the first failure if any round failed),
+    with every round's median kept in ``round_ms``.
+
+    Rounds run every engine once, in turn, so each engine meets the machine's slow and quiet minutes
+    alike. On this project's VMs every engine slowed down in some minutes (by up to 2.6x: sustained
+    load on a shared host; the VM's steal counter stayed near 0), and interference only ever adds
+    time, so the fastest round is the one closest to the engine's own speed."""
+    failed = [r for r in records if r["status"] != "ok"]
+    if failed:
+        return failed[0]
+    return {**min(records, key=lambda r: r["median_ms"]), "round_ms": [r["median_ms"] for r in records]}
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(stolen, total) CPU ticks of this machine so far (``/proc/stat``; (0, 0) where there is none).
+
+    A VM's virtual CPUs lose time to other guests on the host ("steal"). TVM's thread pool waits for its
+    workers in spinning barriers, so a stolen vCPU stalls a whole parallel region, and its latency moved
+    2x between minutes of one session while the peers' barely did. Every measurement records the share
+    of CPU time stolen while it ran, so a reader can tell a slow engine from a contended run."""
+    path = Path("/proc/stat")
+    if not path.exists():
+        return 0, 0
+    fields = [int(v) for v in path.read_text().splitlines()[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def run_worker(engine: Engine, variant: Variant, threads: int, args: argparse.Namespace,
                litert_python: Path | str) -> dict:
     """One engine on one variant in a fresh process: its report, or ``status`` FAILED and the reason."""
@@ -256,10 +287,13 @@ def run_worker(engine: Engine, variant: Variant, threads: int, args: argparse.Na
            "--inputs", str(variant.files["inputs"]), "--reference", str(variant.files["reference"]),
            "--tolerance", str(engine.tolerance), "--threads", str(threads), "--warmup", str(args.warmup),
            "--repeat", str(args.repeat), "--json", str(out)]
+    stolen, total = cpu_ticks()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(threads), timeout=WORKER_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {**record, "status": "FAILED", "reason": f"worker ran past {WORKER_TIMEOUT_S} s"}
+    stolen_after, total_after = cpu_ticks()
+    record["steal_pct"] = 100.0 * (stolen_after - stolen) / max(total_after - total, 1)
     if proc.returncode or not out.exists():
         return {**record, "status": "FAILED", "reason": last_line(proc)}
     report = json.loads(out.read_text())
@@ -355,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipping {key}: {reason}", flush=True)
     engines = [e for e in engines if e.key not in skipped or args.quick]
     info = {"machine": machine(), "versions": versions(litert_python), "command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]), "note": args.note,
-            "policy": {"warmup": args.warmup, "repeat": args.repeat, "check_inputs": CHECK_INPUTS,
+            "policy": {"warmup": args.warmup, "repeat": args.repeat, "rounds": args.rounds, "check_inputs": CHECK_INPUTS,
                        "fp32_tolerance": FP32_TOLERANCE, "int8_tolerance": INT8_TOLERANCE},
             "skipped": {**skipped, "TVM tuned": TUNED_NOTE}}
     print(f"machine: {info['machine']['cpu']} ({', '.join(info['machine']['vector_extensions'])}), "
@@ -372,14 +406,19 @@ def main(argv: list[str] | None = None) -> int:
     redo = {(v.model, v.label, e.label, t) for v, t, e in jobs}
     results_path = results_dir / "results.json"
     records = previous_records(results_path, info["machine"]["cpu"], redo) if args.append else []
-    with tqdm(jobs, desc="measuring", unit="run") as bar:
-        for variant, threads, engine in bar:
-            bar.set_postfix_str(f"{variant.model} {variant.label} {engine.label} t{threads}")
-            record = run_worker(engine, variant, threads, args, litert_python)
-            records.append(record)
-            if record["status"] != "ok":
-                tqdm.write(f"FAILED {variant.model} {variant.label} {engine.label} t{threads}: {record['reason']}")
-            results_path.write_text(json.dumps({**info, "results": records}, indent=1))
+    rounds: dict[int, list[dict]] = {i: [] for i in range(len(jobs))}
+    with tqdm(total=len(jobs) * args.rounds, desc="measuring", unit="run") as bar:
+        for _ in range(args.rounds):
+            for i, (variant, threads, engine) in enumerate(jobs):
+                bar.set_postfix_str(f"{variant.model} {variant.label} {engine.label} t{threads}")
+                record = run_worker(engine, variant, threads, args, litert_python)
+                rounds[i].append(record)
+                bar.update()
+                if record["status"] != "ok":
+                    tqdm.write(f"FAILED {variant.model} {variant.label} {engine.label} t{threads}: {record['reason']}")
+            results_path.write_text(json.dumps({**info, "results": records + [merge_rounds(r) for r in rounds.values()]},
+                                               indent=1))
+    records += [merge_rounds(r) for r in rounds.values()]
     write_report({**info, "results": records}, args.out)
     print(f"wrote {args.out / 'RESULTS.md'} and {results_dir}", flush=True)
     failed = [r for r in records if r["status"] != "ok"]

@@ -64,11 +64,18 @@ def latency(record: dict | None) -> str:
     return f"{record['median_ms']:.3f}" if record["status"] == "ok" else "FAILED"
 
 
+def rounds_note(policy: dict) -> str:
+    """How ``--rounds`` repeated the measurements, for the policy line (nothing for one round)."""
+    rounds = policy.get("rounds", 1)
+    return "" if rounds == 1 else (f", in each of {rounds} rounds over all engines in turn (each engine's "
+                                   "fastest round is reported; all rounds are in results.json)")
+
+
 def model_table(records: list[dict], threads: list[int]) -> list[str]:
     """One row per (variant, engine): latency per thread count, file size, peak RSS, agreement."""
     head = " | ".join(f"{t} thr median / p90 ms" for t in threads)
-    lines = [f"| variant | engine | {head} | file MiB | peak RSS MiB | max rel err | top-1 agree |",
-             "|---|---|" + "---|" * (len(threads) + 4)]
+    lines = [f"| variant | engine | {head} | file MiB | peak RSS MiB | max rel err | top-1 agree | CPU stolen |",
+             "|---|---|" + "---|" * (len(threads) + 5)]
     for (variant, engine), rs in groups(records, "variant", "engine").items():
         by_threads = {r["threads"]: r for r in rs}
         cells = []
@@ -81,7 +88,8 @@ def model_table(records: list[dict], threads: list[int]) -> list[str]:
         rss = f"{last['peak_rss_mib']:.0f}" if "peak_rss_mib" in last else "-"
         err = f"{last['max_rel_err']:.1e}" if "max_rel_err" in last else "-"
         agree = f"{last['top1_agreement']:.0%}" if "top1_agreement" in last else "-"
-        lines.append(f"| {variant} | {engine} | {' | '.join(cells)} | {size} | {rss} | {err} | {agree} |")
+        steal = f"{last['steal_pct']:.0f}%" if "steal_pct" in last else "-"
+        lines.append(f"| {variant} | {engine} | {' | '.join(cells)} | {size} | {rss} | {err} | {agree} | {steal} |")
     return lines
 
 
@@ -141,10 +149,12 @@ def header(data: dict) -> list[str]:
         "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()) + ".",
         f"- **Policy**: batch 1, one process per engine and thread count, one at a time; {policy['warmup']} "
         f"warm-up calls, then {policy['repeat']} timed single calls (median, p90) on the same fixed-seed "
-        f"input; peak RSS is the worker process's `VmHWM`. Every engine is first checked on "
+        f"input{rounds_note(policy)}; peak RSS is the worker process's `VmHWM`. Every engine is first checked on "
         f"{policy['check_inputs']} random inputs against PyTorch eager (max abs error relative to PyTorch's "
         f"largest output: fp32 <= {policy['fp32_tolerance']:g}, int8 <= {policy['int8_tolerance']:g}); one "
-        "that disagrees is FAILED and not timed.",
+        "that disagrees is FAILED and not timed. *CPU stolen*: the share of this VM's CPU time the "
+        "hypervisor gave other guests while the engine ran (`/proc/stat` steal); TVM's spinning thread pool "
+        "slows down most when it is high, so compare rows measured at similar steal.",
         "- **Models**: `tvm-unify export-builtin` (BatchNorm-calibrated, no training) and `tvm-unify unify "
         "--one-shot` (no data, so no accuracy: agreement with PyTorch instead). Peers run the unified weights "
         "as dense tensors; TVM dense is `tvm-unify compile --dense` of the same file.",
