@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from rpc_servers import cli_error
 from tvm_unify.cli import main
@@ -18,13 +20,13 @@ from tvm_unify.kernels import CpuFeatures, regenerate
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.runtime.local import run_local
 from tvm_unify.targets import load_target
-from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model
+from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model, unify_model
 from tvm_unify.torchscript import save_torchscript
 from tvm_unify.tuning.model import tune_model
 from tvm_unify.tuning.records import UNIFIED_FILE, Records
 from tvm_unify.tuning.runners import LocalRunner
 from tvm_unify.tuning.apply import RecordChooser
-from tvm_unify.tuning.space import candidates, knobs_of, options_for
+from tvm_unify.tuning.space import candidates, knobs_of, normalized, options_for
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +151,18 @@ def test_count_runner_over_rpc_on_the_emulated_device(digits_pt, tmp_path, capsy
     measured = [t for e in entries.values() for t in e["trials"]]
     assert len(measured) == 2 and all(e["unit"] == "instructions" for e in entries.values())
     assert all(t["cost"] and float(t["cost"]).is_integer() for t in measured)
+
+
+def test_odd_images_keep_the_lanes_their_kernel_uses(tmp_path):
+    """A 7x7 output (49 pixels) is tiled with overlapping 16-lane vectors: the search space must not round
+    the lanes knob down to a divisor of 49 (1), which once measured and recorded scalar kernels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 32, 1)).eval()
+    unify_model(model, (4, 4), 0.5)
+    save_torchscript(model, tmp_path / "m.pt", (1, 16, 7, 7))
+    layers = []
+    lower_unified(import_torchscript(tmp_path / "m.pt"), "fp32",
+                  choose=lambda layer: layers.append(layer) or layer.options)
+    knobs = normalized(layers[0], knobs_of(layers[0].options))
+    assert knobs["lanes"] == 16
+    assert "T.vectorized(16)" in layers[0].kernel(options_for(layers[0], knobs))[0].script()

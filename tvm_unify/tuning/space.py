@@ -18,6 +18,7 @@ from dataclasses import replace
 from itertools import product
 
 from ..kernels import KernelOptions, pick_lanes
+from ..kernels.common import tile_lanes
 from ..kernels.neon import CpuFeatures, dot_lanes
 from ..kernels.unified import DOT_ALGORITHMS, UnifiedLayer, default_algorithm
 
@@ -60,9 +61,12 @@ def normalized(layer: UnifiedLayer, knobs: Knobs) -> Knobs:
     """``knobs`` with the lanes the kernel will really use and the knobs its algorithm ignores at their
     defaults, so equal kernels compare equal."""
     algorithm = knobs["algorithm"]
-    lanes = pick_lanes(_group(layer), int(knobs["lanes"]))
+    # as ``unified._unified`` plans the tiles: the int8 dot products without overlap (a power of two that
+    # divides the image's pixels), the other algorithms the widest vector that fits, tiles overlapping
     if algorithm in DOT_ALGORITHMS:
-        lanes = dot_lanes(layer.ell.rows, lanes)
+        lanes = dot_lanes(layer.ell.rows, pick_lanes(_group(layer), int(knobs["lanes"])))
+    else:
+        lanes = tile_lanes(_group(layer), int(knobs["lanes"]))
     base = layer.options
     return {"algorithm": algorithm, "lanes": lanes,
             "tasks": knobs["tasks"] if algorithm == "lut" else base.tasks,
@@ -98,7 +102,7 @@ def features(layer: UnifiedLayer, knobs: Knobs) -> list[float]:
     stride = layer.dims.stride[0] if conv else 1
     rows, k = ell.scales.shape[0] * ell.rows, layer.dims.in_channels * taps if conv else layer.dims[1]
     columns, lanes = layer.columns, int(knobs["lanes"])
-    tiles = max(columns // lanes, 1)
+    tiles = max(-(-columns // lanes), 1)  # the last tile of an image may overlap its neighbour
     tasks = int(knobs["tasks"] if algorithm == "lut" else knobs["row_tasks"])
     grouped = ell.with_max_groups(int(knobs["max_groups"]))
     slots = sum(g.size * g.width for g in grouped.groups)
