@@ -127,6 +127,8 @@ def kind_of(symbol: str) -> str:
     name = symbol.removeprefix("__tvm_ffi_")
     if name.startswith("unified") or name.startswith("free_"):
         return "unified kernels"
+    if "planar" in name:
+        return "planar kernels (stem, depthwise)"
     if "conv2d" in name or "matmul" in name:
         return "dense conv/linear (stem, depthwise, classifier)"
     return "other ops (pooling, adds, reshapes)"
