@@ -136,3 +136,11 @@ def test_pass_leaves_non_cpu_targets_alone(tmp_path):
     with codegen_target(load_target("host")):
         lowering(imported.mod)
     assert lowering.lowered == 1
+
+
+def test_kernels_promise_llvm_their_buffers_do_not_alias():
+    """TVM 0.27 reads ``tirx.noalias`` (the ``tir.`` spelling is silently ignored): without it LLVM must
+    assume every store may change the weights and inputs it reads, and reloads them."""
+    g = Conv2dGeometry(1, 8, 16, 16, 8, (3, 3), (1, 1), (1, 1, 1, 1))
+    lib = tvm.tirx.build(planar_conv2d(g, 8, 16), target="llvm")
+    assert "noalias" in lib.inspect_source("ll")

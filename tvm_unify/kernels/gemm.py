@@ -185,7 +185,7 @@ def gemm_kernel(plan: GemmPlan, body: Body) -> tvm.tirx.PrimFunc:
 
     @T.prim_func(check_well_formed=False)  # the weight and epilogue parameters are added after parsing
     def kernel(x: T.Buffer(x_shape, "float32"), y: T.Buffer(y_shape, "float32")):
-        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         xflat = T.decl_buffer((x_size,), "float32", data=x.data)
         yv = T.decl_buffer(problem.y_view, "float32", data=y.data)
         qscale = T.decl_buffer((1,), "float32")

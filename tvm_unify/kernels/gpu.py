@@ -202,7 +202,7 @@ def gpu_kernel(plan: GemmPlan, launch: Launch, groups: tuple[RowGroup, ...], bod
 
     @T.prim_func(check_well_formed=False)  # the weight and epilogue parameters are added after parsing
     def kernel(x: T.Buffer(x_shape, dtype), y: T.Buffer(y_shape, dtype)):
-        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         yv = T.decl_buffer(problem.y_view, dtype, data=y.data)
         for t in T.thread_binding(tiles, thread="blockIdx.x"):
             for by in T.thread_binding(row_blocks, thread="blockIdx.y"):

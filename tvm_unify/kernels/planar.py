@@ -123,7 +123,7 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
     @T.prim_func(check_well_formed=False)  # the epilogue parameters are added after parsing
     def kernel(x: T.Buffer((n, c_in, h, w), "float32"), weight: T.Buffer((c_out, planes * kh * kw), "float32"),
                y: T.Buffer(y_shape, "float32")):
-        T.func_attr({"tir.noalias": True, "tirx.is_scheduled": True})
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         if private:
             for task in T.parallel(n * c_out):
                 scratch = T.decl_buffer((1, sw, rows, phase_cols), "float32")
