@@ -1,4 +1,5 @@
-"""`benchmarks/run.py --quick`: every engine produces a number and agrees with PyTorch.
+"""`benchmarks/run.py --quick`: every engine produces a number and agrees with PyTorch; the demo's
+peer timings run in child processes.
 
 The CI guard for the peer installs (the `bench` extra and the LiteRT venv the script creates): a peer
 that fails to install, convert or run, or that disagrees with PyTorch, fails this test.
@@ -35,3 +36,20 @@ def test_quick_peer_benchmark(tmp_path):
     assert {"litert-torch", "onnxruntime", "openvino", "apache-tvm"} <= set(results["versions"])
     assert "## digits-cnn" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "results" / "latency-t2.png").stat().st_size > 0
+
+
+def test_demo_peers_run_outside_the_calling_process(tmp_path):
+    """The demo's peer latencies come from child processes: OpenVINO loaded into the caller's process
+    (its TBB) hides Intel's fp16 OpenCL platform from TVM for the rest of that process."""
+    import numpy as np
+    import torch
+
+    from tvm_unify.runtime.peers import installed_peers, peer_latencies
+
+    if not installed_peers():
+        pytest.skip("no peer runtime installed (the bench extra)")
+    model = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval())
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    found = peer_latencies(model, x, tmp_path)
+    assert set(found) == set(installed_peers()) and all(ms > 0 for ms in found.values())
+    assert "openvino" not in sys.modules and "onnxruntime" not in sys.modules

@@ -158,7 +158,9 @@ def register_pip_drivers() -> Path | None:
 @functools.cache
 def opencl_devices() -> tuple[tuple[str, str, frozenset[str]], ...]:
     """(platform, device name, extensions) of every OpenCL device, asked of the ICD loader (TVM exposes
-    names, not extensions). Cached: the set of drivers is fixed once the loader has started."""
+    names, not extensions). Cached: the set of drivers is fixed once the loader has started, which this
+    call may be the first to do, so the pip driver is registered first."""
+    register_pip_drivers()
     cl = ctypes.CDLL("libOpenCL.so.1")
     count = ctypes.c_uint32()
     if cl.clGetPlatformIDs(0, None, ctypes.byref(count)) != 0 or count.value == 0:
