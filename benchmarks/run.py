@@ -53,6 +53,9 @@ INT8_TOLERANCE = 0.1  # int8 activations: looser; the report also gives top-1 ag
 CHECK_INPUTS = 8  # random inputs every engine is checked on; the first one is timed
 SEED = 0
 WORKER_TIMEOUT_S = 3600
+# why no "TVM tuned" engine: the report's Skipped line
+TUNED_NOTE = ("compile applies the shipped records (`schedules/host`) to every TVM build here; tuning this "
+              "machine's dense kernels first (`tvm-unify tune --dense`, meta-schedule) is not part of this run")
 MAIN_VENV_DISTS = ("torch", "onnxruntime", "onnx", "onnxscript", "openvino", "apache-tvm", "apache-tvm-ffi",
                    "tvm-unify", "numpy")
 
@@ -373,9 +376,6 @@ def previous_records(path: Path, cpu: str, redo: set[tuple]) -> list[dict]:
         return []
     return [r for r in old["results"] if (r["model"], r["variant"], r["engine"], r["threads"]) not in redo]
 
-
-TUNED_NOTE = ("compile applies the shipped records (`schedules/host`) to every TVM build here; tuning this "
-              "machine's dense kernels first (`tvm-unify tune --dense`, meta-schedule) is not part of this run")
 
 
 def main(argv: list[str] | None = None) -> int:

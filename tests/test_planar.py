@@ -144,3 +144,11 @@ def test_kernels_promise_llvm_their_buffers_do_not_alias():
     g = Conv2dGeometry(1, 8, 16, 16, 8, (3, 3), (1, 1), (1, 1, 1, 1))
     lib = tvm.tirx.build(planar_conv2d(g, 8, 16), target="llvm")
     assert "noalias" in lib.inspect_source("ll")
+
+
+def test_column_strides_beyond_two_stay_with_the_default_rules():
+    """The staging writes two column phases: a stride-3 conv would read a phase never written."""
+    g = Conv2dGeometry(1, 8, 30, 30, 8, (3, 3), (1, 2), (1, 1, 1, 1))
+    assert supports(g, 8)
+    assert not supports(Conv2dGeometry(1, 8, 30, 30, 8, (3, 3), (1, 3), (1, 1, 1, 1)), 8)
+    assert supports(Conv2dGeometry(1, 8, 30, 30, 8, (3, 3), (3, 1), (1, 1, 1, 1)), 8), "row strides need no phases"

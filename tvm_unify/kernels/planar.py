@@ -29,7 +29,7 @@ from typing import Sequence
 import tvm
 from tvm.script import tirx as T
 
-from .common import Conv2dGeometry
+from .common import Conv2dGeometry, tile_lanes
 from .epilogue import Step, bind_epilogue, with_params
 from .recipe import RECIPE_ATTR, geometry_of
 
@@ -40,24 +40,26 @@ MIN_OUTPUT_WIDTH = 4
 # A conv with up to this many input channels (and groups=1) is planar: every output channel reads
 # every input plane, and ``in_channels * kh * kw`` taps are unrolled per output row.
 MAX_SHARED_PLANES = 4
+# Column strides the staging splits into phases (``stage`` writes phases 0 and 1): MobileNet-style nets
+# use 1 and 2; a wider stride would leave a phase unwritten.
+MAX_COLUMN_STRIDE = 2
 
 
 def row_vector(width: int, lanes: int) -> tuple[int, int]:
     """``(vl, count)``: the vector width for output rows of ``width`` pixels (a power of two, at most
     ``lanes`` and ``width``) and how many vectors cover a row (the last one may overlap its neighbour)."""
-    vl = 1
-    while vl * 2 <= min(width, lanes):
-        vl *= 2
+    vl = tile_lanes(width, lanes)
     return vl, -(-width // vl)
 
 
 def supports(g: Conv2dGeometry, groups: int) -> bool:
     """Whether a conv of geometry ``g`` and ``groups`` is planar and computed well here: depthwise
     (``groups`` = in = out channels) or groups=1 with at most ``MAX_SHARED_PLANES`` input channels; no
-    dilation; output rows wide enough to vectorize."""
+    dilation; a column stride of at most ``MAX_COLUMN_STRIDE``; output rows wide enough to vectorize."""
     depthwise = groups == g.in_channels == g.out_channels
     few_inputs = groups == 1 and g.in_channels <= MAX_SHARED_PLANES
-    return (depthwise or few_inputs) and g.dilation == (1, 1) and g.out_hw[1] >= MIN_OUTPUT_WIDTH
+    return ((depthwise or few_inputs) and g.dilation == (1, 1) and g.stride[1] <= MAX_COLUMN_STRIDE
+            and g.out_hw[1] >= MIN_OUTPUT_WIDTH)
 
 
 def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
@@ -103,8 +105,8 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
             stage_phase(x, scratch, plane, image, channel, 1, first[1], count[1])
 
     @T.macro
-    def output_row(weight, y, scratch, first, image, channel, r, acc):
-        """Output row ``r`` of plane (image, channel) from ``planes`` staged planes starting at ``first``."""
+    def output_row(weight, y, scratch, plane0, image, channel, r, acc):
+        """Output row ``r`` of plane (image, channel) from ``planes`` staged planes starting at ``plane0``."""
         for u in T.unroll(vectors):
             for v in T.vectorized(vl):
                 acc[u, v] = T.float32(0)
@@ -114,7 +116,7 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
                     for u in T.unroll(vectors):
                         for v in T.vectorized(vl):
                             acc[u, v] = acc[u, v] + weight[channel, (p * kh + i) * kw + j] * scratch[
-                                first + p, j % sw, r * sh + i, T.min(u * vl, ow - vl) + j // sw + v]
+                                plane0 + p, j % sw, r * sh + i, T.min(u * vl, ow - vl) + j // sw + v]
         for u in T.unroll(vectors):
             for v in T.vectorized(vl):
                 y[image, channel, r, T.min(u * vl, ow - vl) + v] = finish(
@@ -143,8 +145,8 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
                     output_row(weight, y, shared, task // oh * c_in + channel // per_group * planes, task // oh,
                                channel, task % oh, acc)
 
-    recipe = {"op": OP, "algorithm": OP, "geometry": asdict(g), "groups": groups, "lanes": lanes, "mode": "fp32", "ell_args": [1],
-              "epilogue": [step.describe() for step in epilogue]}
+    recipe = {"op": OP, "algorithm": OP, "geometry": asdict(g), "groups": groups, "lanes": lanes, "mode": "fp32",
+              "ell_args": [1], "epilogue": [step.describe() for step in epilogue]}
     return with_params(kernel, params, decls).with_attr(RECIPE_ATTR, json.dumps(recipe))
 
 

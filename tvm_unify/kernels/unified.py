@@ -104,14 +104,19 @@ def _resolve(weight: KernelWeight, problem: GemmProblem, options: KernelOptions)
     return replace(options, algorithm=algorithm)
 
 
+def tiles_overlap(algorithm: str) -> bool:
+    """Whether ``algorithm``'s pixel tiles may overlap (``GemmPlan.tile_start``): all but the int8 dot
+    products, which stage words by pixel (``gemm.word_stager``)."""
+    return algorithm not in DOT_ALGORITHMS
+
+
 def _unified(problem: GemmProblem, weight: KernelWeight, options: KernelOptions,
              shape: dict) -> tvm.tirx.PrimFunc:
     options = _resolve(weight, problem, options)
     min_tasks = options.tasks if options.algorithm == "lut" else options.row_tasks
     weight = weight.with_max_groups(options.max_groups)
-    # the int8 dot products stage words by pixel (``gemm.word_stager``): their tiles must not overlap
     plan = plan_gemm(problem, weight, FIELDS[type(weight)], options, min_tasks,
-                     overlap=options.algorithm not in DOT_ALGORITHMS)
+                     overlap=tiles_overlap(options.algorithm))
     kernel = gemm_kernel(plan, ALGORITHMS[options.algorithm])
     return with_recipe(kernel, shape, (weight.rows, weight.cols), len(weight.arrays), options)
 

@@ -22,21 +22,17 @@ from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 from ..kernels.common import Conv2dGeometry
 from ..kernels.planar import planar_conv2d, supports
 from ..schedule.common import is_cpu, vector_lanes
-from .shapes import static_tensor_shape
+from .shapes import CONV2D_LAYOUTS, conv2d_geometry, conv2d_layouts, static_tensor_shape
 
 
 def planar_geometry(call: relax.Call, x: relax.Expr, weight: np.ndarray) -> Conv2dGeometry | None:
     """The geometry of a conv2d call if the planar kernel computes it, else None."""
     attrs = call.attrs
     x_shape = static_tensor_shape(x)
-    layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
-    if (x_shape is None or len(x_shape) != 4 or layouts != ("NCHW", "OIHW", "NCHW")
+    if (x_shape is None or len(x_shape) != 4 or conv2d_layouts(attrs) != CONV2D_LAYOUTS
             or str(attrs.out_dtype) not in ("", "void", "float32") or weight.dtype != np.float32):
         return None
-    padding = tuple(int(p) for p in attrs.padding)
-    padding = padding * (4 // len(padding)) if len(padding) in (1, 2) else padding
-    g = Conv2dGeometry(*x_shape, weight.shape[0], tuple(weight.shape[2:]), tuple(int(s) for s in attrs.strides),
-                       padding, tuple(int(d) for d in attrs.dilation))
+    g = conv2d_geometry(attrs, x_shape, weight.shape)
     return g if supports(g, int(attrs.groups)) else None
 
 

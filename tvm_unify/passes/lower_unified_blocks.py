@@ -35,7 +35,7 @@ from ..kernels.unified import UnifiedLayer
 from ..kernels.gpu import (FP32, GpuLimits, GpuPrecision, gpu_conv2d, gpu_dense, gpu_free_conv2d, gpu_free_dense,
                            gpu_weight, is_gpu_target)
 from .report import LayerReport
-from .shapes import static_tensor_shape
+from .shapes import CONV2D_LAYOUTS, conv2d_geometry, conv2d_layouts, static_tensor_shape
 
 
 # What a kernel generator needs besides the weight: the conv geometry, or a linear's (batch, in, out).
@@ -247,16 +247,12 @@ class LowerUnifiedBlocks:
         attrs = call.attrs
         if int(attrs.groups) != 1:
             return f"groups={int(attrs.groups)} (depthwise/grouped convs stay dense; on CPUs depthwise ones run the planar kernel)"
-        layouts = (attrs.data_layout, attrs.kernel_layout, attrs.out_layout or attrs.data_layout)
-        if layouts != ("NCHW", "OIHW", "NCHW"):
-            return f"layouts {'/'.join(map(str, layouts))} (only NCHW/OIHW)"
+        layouts = conv2d_layouts(attrs)
+        if layouts != CONV2D_LAYOUTS:
+            return f"layouts {'/'.join(layouts)} (only NCHW/OIHW)"
         if str(attrs.out_dtype) not in ("", "void", "float32", "float16") or x_shape is None or len(x_shape) != 4:
             return "input is not a static NCHW tensor of the kernels' dtype"
-        padding = _ints(attrs.padding)
-        padding = padding * (4 // len(padding)) if len(padding) in (1, 2) else padding
-        return Conv2dGeometry(x_shape[0], x_shape[1], x_shape[2], x_shape[3], weight.shape[0],
-                              (weight.shape[2], weight.shape[3]), _ints(attrs.strides), padding,
-                              _ints(attrs.dilation))
+        return conv2d_geometry(attrs, x_shape, weight.shape)
 
     @staticmethod
     def _linear_dims(transpose: relax.Call, x_shape, weight: np.ndarray) -> tuple[int, int, int] | str:

@@ -20,7 +20,7 @@ from itertools import product
 from ..kernels import KernelOptions, pick_lanes
 from ..kernels.common import tile_lanes
 from ..kernels.neon import CpuFeatures, dot_lanes
-from ..kernels.unified import DOT_ALGORITHMS, UnifiedLayer, default_algorithm
+from ..kernels.unified import DOT_ALGORITHMS, UnifiedLayer, default_algorithm, tiles_overlap
 
 LANES = (4, 8, 16, 32)
 TASKS = (1, 2, 4, 8)
@@ -61,12 +61,12 @@ def normalized(layer: UnifiedLayer, knobs: Knobs) -> Knobs:
     """``knobs`` with the lanes the kernel will really use and the knobs its algorithm ignores at their
     defaults, so equal kernels compare equal."""
     algorithm = knobs["algorithm"]
-    # as ``unified._unified`` plans the tiles: the int8 dot products without overlap (a power of two that
-    # divides the image's pixels), the other algorithms the widest vector that fits, tiles overlapping
-    if algorithm in DOT_ALGORITHMS:
-        lanes = dot_lanes(layer.ell.rows, pick_lanes(_group(layer), int(knobs["lanes"])))
-    else:
+    # as the kernel plans its tiles (``gemm.plan_gemm``): overlapping, the widest vector that fits an
+    # image; the int8 dot products a power of two that divides it and fits their registers
+    if tiles_overlap(algorithm):
         lanes = tile_lanes(_group(layer), int(knobs["lanes"]))
+    else:
+        lanes = dot_lanes(layer.ell.rows, pick_lanes(_group(layer), int(knobs["lanes"])))
     base = layer.options
     return {"algorithm": algorithm, "lanes": lanes,
             "tasks": knobs["tasks"] if algorithm == "lut" else base.tasks,
