@@ -166,3 +166,43 @@ def test_odd_images_keep_the_lanes_their_kernel_uses(tmp_path):
     knobs = normalized(layers[0], knobs_of(layers[0].options))
     assert knobs["lanes"] == 16
     assert "T.vectorized(16)" in layers[0].kernel(options_for(layers[0], knobs))[0].script()
+
+
+def test_light_stack_gives_the_parser_what_inspect_stack_does():
+    """TVMScript's prim_func reads the stack's frames (closure variables) and the source line of frames[2]
+    (is_defined_in_class): the fast stack used while tensor_intrin imports must give the same."""
+    import inspect
+
+    from tvm_unify.tuning.fast_import import light_stack
+
+    def inner():
+        return light_stack(), inspect.stack()
+
+    light, full = inner()
+    assert [f.frame for f in light] == [f.frame for f in full]
+    assert [(f.filename, f.lineno, f.function) for f in light] == [(f.filename, f.lineno, f.function) for f in full]
+    assert [f.code_context for f in light[:3]] == [f.code_context for f in full[:3]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dense_kernels_are_tuned_with_meta_schedule(tmp_path, capsys):
+    """Meta-schedule's builders import tvm.s_tir.tensor_intrin in every worker; imported the slow way it
+    outlasted the build timeout and every dense candidate failed. Now the trials measure, the records
+    hold them and compile applies the database."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10)).eval()
+    path = tmp_path / "dense.pt"
+    save_torchscript(model, path, (1, 3, 8, 8), {"model": "test"})
+    root = tmp_path / "schedules"
+    assert main(["tune", str(path), "--dense", "--kernels", "dense", "--trials", "4",
+                 "--schedules", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 0" not in out and "dense" in out
+    measured = [r for r in Records(root / "host").dense_database().get_all_tuning_records() if r.run_secs]
+    assert measured  # built and timed, not failed
+    library = tmp_path / "dense.so"
+    assert main(["compile", str(path), "--dense", "--schedules", str(root), "-o", str(library)]) == 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_local(library, x), ref, rtol=1e-4, atol=1e-4)

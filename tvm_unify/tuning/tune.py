@@ -15,6 +15,7 @@ from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
 from .budget import TRIALS_PER_ITER
+from .fast_import import import_tensor_intrinsics
 from .tasks import Task
 
 STATE_FILE = "tuning.json"  # budget, per-task trials and wall time of the tuning runs, next to the database
@@ -62,13 +63,14 @@ def _tune_tasks(tasks: list[Task], trials: list[int], database: ms.database.Data
     """Run ``trials`` measured trials in all on ``tasks`` in one meta-schedule session (one builder and
     runner pool: starting them costs minutes on a loaded 2-core machine), up to each task's share;
     the database keeps every measured batch."""
+    import_tensor_intrinsics()  # before TuneContext imports it the slow way
     ms.tune_tasks(
         tasks=[_tune_context(task, target, log_dir, threads) for task in tasks],
         task_weights=[float(n) for n in trials], work_dir=str(log_dir), max_trials_global=sum(trials),
         max_trials_per_task=max(trials), num_trials_per_iter=TRIALS_PER_ITER,
-        builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120),
+        builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120, initializer=import_tensor_intrinsics),
         runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-            number=5, repeat=1, min_repeat_ms=20)),
+            number=5, repeat=1, min_repeat_ms=20), initializer=import_tensor_intrinsics),
         database=database, cost_model=cost_model,
         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
 
