@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from peers import litert  # noqa: E402
-from peers.eager import eager_model, metadata as model_metadata  # noqa: E402
+from peers import last_line, litert  # noqa: E402
+from peers.eager import eager_model, export_onnx, export_program, metadata as model_metadata  # noqa: E402
 from peers.report import write_report  # noqa: E402
 
 MODELS = ("digits-cnn", "mlp", "resnet18", "mobilenetv2", "resnet18-224", "mobilenetv2-224")
@@ -144,12 +144,6 @@ def tvm_unify(*args: str | Path) -> None:
         raise RuntimeError(f"tvm-unify {args[0]}: {last_line(proc)}")
 
 
-def last_line(proc: subprocess.CompletedProcess) -> str:
-    """The last line a failed process printed (its error, for the tools used here), or its exit status."""
-    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
-    return lines[-1][:300] if lines else f"exit status {proc.returncode}"
-
-
 def cached(path: Path, make) -> Path:
     """``path``, made by ``make(tmp)`` first when missing (written to a temporary name, then renamed,
     so an interrupted run never leaves a half-written file in the cache)."""
@@ -159,15 +153,6 @@ def cached(path: Path, make) -> Path:
         make(tmp)
         tmp.replace(path)
     return path
-
-
-def export_onnx(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    torch.onnx.export(model, (x,), dynamo=True, verbose=False).save(str(path))
-
-
-def export_program(model: torch.nn.Module, x: torch.Tensor, path: Path) -> None:
-    """A torch.export ExportedProgram (.pt2): how the module reaches the LiteRT venv, which has no tvm-unify."""
-    torch.export.save(torch.export.export(model, (x,)), str(path))
 
 
 def prepare_inputs(variant: Variant) -> tuple[Path, Path]:
@@ -229,10 +214,7 @@ def convert_tflite(variant: Variant, python: Path | str, path: Path) -> None:
         raise RuntimeError(python)
     if "pt2" not in variant.files:
         raise RuntimeError(f"no ExportedProgram: {variant.missing.get('pt2')}")
-    proc = subprocess.run([str(python), "-m", "peers.litert", variant.files["pt2"], variant.files["inputs"], path],
-                          capture_output=True, text=True, env=worker_env(1))
-    if proc.returncode:
-        raise RuntimeError(last_line(proc))
+    litert.convert_in_venv(python, variant.files["pt2"], variant.files["inputs"], path, worker_env(1))
 
 
 def worker_env(threads: int) -> dict[str, str]:

@@ -51,6 +51,6 @@ def test_wheel_ships_presets_and_compiles_for_arm(installed, tmp_path):
 
 def test_wheel_ships_guest_files_and_opencl_sources(installed):
     site = next((installed / "lib").glob("python*/site-packages")) / "tvm_unify"
-    for path in ("device/guest/server.py", "device/guest/insn_count.c", "records/README.md",
+    for path in ("device/guest/server.py", "device/guest/counting.py", "device/guest/insn_count.c", "records/README.md",
                  "runtime/opencl_sources/src/backend/opencl/runtime/opencl_module.cc"):
         assert (site / path).is_file() and not (site / path).is_symlink(), path

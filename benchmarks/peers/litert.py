@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from peers import last_line
+
 PINS = ("litert-torch==0.10.0", "ai-edge-litert==2.3.0")
 VENV_ROOT = Path.home() / ".cache" / "tvm-unify" / "bench-venvs"
 READY = "ready"  # written last: a venv without it was interrupted and is rebuilt
@@ -41,6 +43,15 @@ def ensure_venv(torch_version: str, log: Path) -> Path:
                            check=True, stdout=out, stderr=subprocess.STDOUT)
     (root / READY).write_text(" ".join(PINS))
     return python
+
+
+def convert_in_venv(python: Path, program: Path, inputs: Path, output: Path, env: dict[str, str]) -> None:
+    """Run ``convert`` in the LiteRT venv's ``python`` (``env`` puts ``peers`` on its path); its last
+    error line becomes the RuntimeError's message."""
+    proc = subprocess.run([str(python), "-m", "peers.litert", str(program), str(inputs), str(output)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(last_line(proc))
 
 
 def convert(program: Path, inputs: Path, output: Path) -> None:

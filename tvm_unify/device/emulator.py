@@ -5,6 +5,9 @@ server script (``device/guest/server.py``) with the guest's python3 under ``qemu
 process group, listening on 127.0.0.1 unless asked otherwise. Its PID and settings are kept in
 ``<cache>/run/<port>.json`` so ``stop_device``/``device_status`` work from any later command.
 
+``run_guest_python`` runs the guest's python3 once, without a server, under the same counting plugin:
+for programs that count their own calls (peer runtimes on the same counter, ``benchmarks/arm.py``).
+
 The guest runs TVM's runtime only (``TVM_USE_RUNTIME_LIB=1``, set in the guest's environment and never
 on the host, where it would break compilation) on one thread (``TVM_NUM_THREADS=1``), so instruction
 counts are exact; qemu's wall time says nothing about real ARM speed anyway.
@@ -15,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +29,9 @@ from .setup import GUEST_PYTHON, GUEST_SITE, DeviceFiles, cache_dir, ensure_devi
 from ..errors import UserError
 from .procs import group_alive, port_open, start_server, stop_group
 
-GUEST_SERVER = Path(__file__).resolve().parent / "guest" / "server.py"
-GUEST_SERVER_PATH = "/opt/tvu/server.py"
+GUEST_SCRIPTS = Path(__file__).resolve().parent / "guest"  # server.py and the counting.py it imports
+GUEST_DIR = "/opt/tvu"  # where they are copied in the root
+GUEST_SERVER_PATH = f"{GUEST_DIR}/server.py"
 START_TIMEOUT = 180.0
 READY_LINE = "tvm-unify emulated aarch64 device listening on"  # printed by the guest server once it listens
 
@@ -86,7 +92,8 @@ def start_device(port: int = 9090, host: str = "127.0.0.1", tracker: str | None 
     log_path.write_text("")
     proc = start_server(_server_command(files, port, host, tracker, key), host, port,
                         f"the emulated device (log {log_path})", log_path, START_TIMEOUT,
-                        _guest_env(files, port, qemu_cpu), ready_line=READY_LINE)
+                        {**_guest_env(files, _count_dir(port), qemu_cpu, [GUEST_SITE]), "TVM_USE_RUNTIME_LIB": "1"},
+                        ready_line=READY_LINE)
     state = DeviceState(proc.pid, host, port, tracker, key, qemu_cpu, files.plugin is not None, str(log_path),
                         time.time())
     _state_path(port).write_text(json.dumps(asdict(state)))
@@ -95,16 +102,27 @@ def start_device(port: int = 9090, host: str = "127.0.0.1", tracker: str | None 
 
 def _server_command(files: DeviceFiles, port: int, host: str, tracker: str | None, key: str | None) -> list[str]:
     """qemu-aarch64 [-plugin counter] <root>/usr/bin/python3 /opt/tvu/server.py HOST PORT [TRACKER KEY]."""
-    guest_copy = files.root / GUEST_SERVER_PATH.lstrip("/")
-    guest_copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(GUEST_SERVER, guest_copy)
-    cmd = ["qemu-aarch64"]
-    if files.plugin is not None:
-        cmd += ["-plugin", f"{files.plugin},out={_count_dir(port)}"]
-    cmd += [str(files.root / GUEST_PYTHON.lstrip("/")), GUEST_SERVER_PATH, host, str(port)]
+    _install_guest_scripts(files)
+    cmd = [*_qemu_python(files, _count_dir(port)), GUEST_SERVER_PATH, host, str(port)]
     if tracker:
         cmd += [tracker, key or ""]
     return cmd
+
+
+def _install_guest_scripts(files: DeviceFiles) -> None:
+    """Copy the guest scripts (``guest/*.py``) to /opt/tvu in the root, fresh on every start."""
+    target = files.root / GUEST_DIR.lstrip("/")
+    target.mkdir(parents=True, exist_ok=True)
+    for script in GUEST_SCRIPTS.glob("*.py"):
+        shutil.copyfile(script, target / script.name)
+
+
+def _qemu_python(files: DeviceFiles, count_dir: Path) -> list[str]:
+    """qemu-aarch64 [-plugin counter,out=count_dir] <root>/usr/bin/python3: the guest interpreter."""
+    cmd = ["qemu-aarch64"]
+    if files.plugin is not None:
+        cmd += ["-plugin", f"{files.plugin},out={count_dir}"]
+    return [*cmd, str(files.root / GUEST_PYTHON.lstrip("/"))]
 
 
 def _count_dir(port: int) -> Path:
@@ -115,21 +133,41 @@ def _count_dir(port: int) -> Path:
     return path
 
 
-def _guest_env(files: DeviceFiles, port: int, qemu_cpu: str) -> dict[str, str]:
+def _guest_env(files: DeviceFiles, count_dir: Path, qemu_cpu: str, python_path: list[str]) -> dict[str, str]:
+    """The guest interpreter's environment: the root as qemu's library prefix, the emulated CPU, one
+    thread for every pool that reads a variable (TVM's, OpenBLAS's under numpy), the count folder."""
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
         "LANG": "C.UTF-8",
         "QEMU_LD_PREFIX": str(files.root),
         "QEMU_CPU": qemu_cpu,
-        "PYTHONPATH": GUEST_SITE,
+        "PYTHONPATH": os.pathsep.join(python_path),
         "PYTHONUNBUFFERED": "1",
-        "TVM_USE_RUNTIME_LIB": "1",
         "TVM_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
     }
     if files.plugin is not None:
-        env["TVU_COUNT_DIR"] = str(_count_dir(port))
+        env["TVU_COUNT_DIR"] = str(count_dir)
     return env
+
+
+def run_guest_python(args: list[str], python_path: list[str], qemu_cpu: str = "max", timeout: float | None = None,
+                     log: Callable[[str], None] = print) -> subprocess.CompletedProcess:
+    """Run the guest's python3 once with ``args`` (no RPC server) under the counting plugin, the guest
+    scripts' folder first on its path: for programs that count their own calls with
+    ``guest/counting.py``, such as peer runtimes that are no TVM modules. Host paths that do not exist
+    in the root (``python_path`` entries, model files) are readable from the guest as they are."""
+    files = ensure_device_files(log)
+    if files.plugin is None:
+        raise UserError("instruction counting is unavailable on this machine (the qemu plugin could not be built)")
+    _install_guest_scripts(files)
+    _run_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="count-", dir=_run_dir()) as count_dir:
+        return subprocess.run([*_qemu_python(files, Path(count_dir)), *args], capture_output=True, text=True,
+                              env=_guest_env(files, Path(count_dir), qemu_cpu, [GUEST_DIR, *python_path]),
+                              timeout=timeout)
 
 
 def stop_device(port: int = 9090) -> DeviceState | None:

@@ -6,6 +6,8 @@ and PyPI are used: ``debootstrap --foreign`` downloads a minimal arm64 root with
 we unpack with ``dpkg-deb -x`` (no second stage, so no binfmt_misc and no chroot are needed), pip
 installs the aarch64 wheels into it, and the instruction-counting qemu plugin is compiled against the
 ``qemu-plugin.h`` of Debian's qemu source package (the binary packages ship no plugin header).
+``ensure_guest_packages`` adds other aarch64 wheels (the peer runtimes of ``benchmarks/arm.py``) in a
+folder of their own, and the root carries an ARM ``/proc/cpuinfo`` for the libraries that parse it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,11 @@ GUEST_PYTHON = "/usr/bin/python3"
 GUEST_SITE = "/opt/tvm-py"
 GUEST_WHEELS = ["apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "cloudpickle", "psutil",
                 "tornado"]
+WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64")  # bookworm: glibc 2.36
+# Cortex-A76 (the a76 preset's core), as its /proc/cpuinfo describes each processor
+GUEST_CPUINFO = ("processor\t: {n}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics "
+                 "fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+                 "CPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n")
 PLUGIN_SOURCE = Path(__file__).resolve().parent / "guest" / "insn_count.c"
 _SETUP_VERSION = "1"
 
@@ -48,18 +57,38 @@ def cache_dir() -> Path:
 def ensure_device_files(log=print) -> DeviceFiles:
     """Set up (or reuse) the arm64 root with TVM and the counting plugin; fast when already cached."""
     _require_tools()
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "setup.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting devices at once set up only once
-        root = _ensure_root(cache, log)
-        _ensure_wheels(root, log)
+    with _setup_lock():  # two commands starting devices at once set up only once
+        root = _ensure_root(cache_dir(), log)
+        _install_wheels(root, GUEST_SITE, GUEST_WHEELS, "apache-tvm runtime, RPC dependencies", log)
+        _ensure_cpuinfo(root)
         try:
-            plugin = _ensure_plugin(cache, log)
+            plugin = _ensure_plugin(cache_dir(), log)
         except UserError as err:  # the device still runs and times; only `bench --count` needs this
             plugin = None
             log(f"[device] instruction counting unavailable: {err}")
     return DeviceFiles(root, plugin)
+
+
+def ensure_guest_packages(folder: str, wheels: Sequence[str], log=print) -> str:
+    """Install aarch64 wheels (e.g. peer runtimes) into the guest folder ``folder`` of the device root,
+    once per set of pins, and return ``folder`` for the guest's PYTHONPATH.
+
+    Never into the TVM site the RPC server runs from: a peer's numpy or protobuf must not change what
+    the server imports."""
+    root = ensure_device_files(log).root
+    with _setup_lock():
+        _install_wheels(root, folder, list(wheels), ", ".join(wheels), log)
+    return folder
+
+
+@contextmanager
+def _setup_lock() -> Iterator[None]:
+    """Hold the cache's set-up lock (the cache folder is created first)."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "setup.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _require_tools() -> None:
@@ -109,20 +138,48 @@ def _root_prefix() -> list[str]:
     return ["fakeroot"]
 
 
-def _ensure_wheels(root: Path, log) -> None:
-    """The aarch64 TVM runtime and RPC dependencies, installed from PyPI into the root."""
-    site = root / GUEST_SITE.lstrip("/")
+def _install_wheels(root: Path, folder: str, wheels: list[str], what: str, log) -> None:
+    """aarch64 wheels from PyPI into the guest folder ``folder`` of the root; its stamp holds the pins, so
+    it is reinstalled only when they change."""
+    site = root / folder.lstrip("/")
     stamp = site / ".tvu-wheels"
-    want = " ".join(GUEST_WHEELS)
+    want = " ".join(wheels)
     if stamp.is_file() and stamp.read_text() == want:
         return
-    log("[device] installing aarch64 wheels (apache-tvm runtime, RPC dependencies) into the root")
+    log(f"[device] installing aarch64 wheels ({what}) into the root")
     shutil.rmtree(site, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site),
-          "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11", "--implementation", "cp",
-          "--abi", "cp311", "--only-binary=:all:", *GUEST_WHEELS], "installing aarch64 wheels (pip)")
+    platforms = [arg for platform in WHEEL_PLATFORMS for arg in ("--platform", platform)]
+    _run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *platforms, "--python-version", "3.11",
+          "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:", *wheels],
+         f"installing aarch64 wheels ({what}) with pip")
     _byte_compile(root, site)
     stamp.write_text(want)
+
+
+def _ensure_cpuinfo(root: Path) -> None:
+    """An ARM ``/proc/cpuinfo`` in the root: one Cortex-A76 entry per host CPU.
+
+    qemu user mode passes the host's /proc/cpuinfo (x86 text) through, and pytorch/cpuinfo, which ONNX
+    Runtime and XNNPACK initialize at load, then finds no ARM processor and dereferences NULL (ONNX
+    Runtime segfaults on import). qemu opens a path inside its library prefix first when the file
+    exists there, so the guest reads this one. The libraries take the ISA (NEON, dotprod, SME...) from
+    the HWCAP words qemu sets for the emulated CPU, not from this text; the part number can only change
+    which of their per-core tuned micro-kernel variants they pick: those of a phone's Cortex-A76."""
+    path = root / "proc" / "cpuinfo"
+    text = "\n".join(GUEST_CPUINFO.format(n=n) for n in _host_cpus())
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _host_cpus() -> list[int]:
+    """The host's possible CPU numbers (sysfs, which qemu passes through to the guest as they are)."""
+    try:
+        spans = Path("/sys/devices/system/cpu/possible").read_text().strip().split(",")
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    bounds = [[int(v) for v in span.split("-")] for span in spans if span]
+    return [n for b in bounds for n in range(b[0], b[-1] + 1)]
 
 
 def _byte_compile(root: Path, site: Path) -> None:

@@ -9,8 +9,6 @@ which qemu handles without binfmt), and registers two device functions the host 
 Usage (guest): python3 server.py HOST PORT [TRACKER_HOST:PORT KEY]
 """
 
-import ctypes
-import gc
 import json
 import os
 import platform
@@ -22,8 +20,7 @@ import tvm_ffi
 from tvm.rpc import server as rpc_server
 from tvm.runtime.vm import VirtualMachine
 
-MARKER_SYSCALL = 0x7475  # must match TVU_MARKER_NR in insn_count.c
-MARK_START, MARK_STOP = 1, 2
+from counting import count_call  # guest/counting.py, copied beside this script
 
 
 def device_info():
@@ -34,58 +31,13 @@ def device_info():
 
 def count_instructions(module, library_name, *args):
     """JSON {"kernels", "total", "blocks"}: instructions of one ``main`` call (after a warm-up call),
-    counted between two marker syscalls; "kernels" only inside the library's code (exact across runs);
+    counted by ``counting.count_call``; "kernels" only inside the library's code (exact across runs);
     "blocks": [address relative to the library's load base, instructions] per executed code block of the
     library, which the host maps to the library's symbols."""
-    count_dir = os.environ.get("TVU_COUNT_DIR")
-    if not count_dir:
-        raise RuntimeError("this device was started without the instruction-counting plugin")
-    lo, hi = _code_range(library_name)
-    out = os.path.join(count_dir, f"{os.getpid()}.count")
     main = VirtualMachine(module, tvm.cpu())["main"]
     main(*args)
-    if os.path.exists(out):
-        os.unlink(out)
-    syscall = ctypes.CDLL(None, use_errno=True).syscall
-    syscall.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong]
-    gc.disable()  # a collection inside the counted window would add interpreter noise
-    try:
-        syscall(MARKER_SYSCALL, MARK_START, lo, hi)
-        main(*args)
-        syscall(MARKER_SYSCALL, MARK_STOP, 0, 0)
-    finally:
-        gc.enable()
-    with open(out) as f:
-        kernels, total = (int(v) for v in f.read().split())
-    os.unlink(out)
-    blocks = []
-    base = _load_base(library_name)
-    if os.path.exists(out[:-len(".count")] + ".blocks"):
-        with open(out[:-len(".count")] + ".blocks") as f:
-            blocks = [[int(a, 16) - base, int(n)] for a, n in (line.split() for line in f)]
-        os.unlink(out[:-len(".count")] + ".blocks")
-    return json.dumps({"kernels": kernels, "total": total, "blocks": blocks})
-
-
-def _load_base(library_name):
-    """Where the loaded library ``library_name`` starts (its ELF addresses are relative to this)."""
-    with open("/proc/self/maps") as maps:
-        starts = [int(line.split()[0].split("-")[0], 16) for line in maps
-                  if len(line.split()) >= 6 and os.path.basename(line.split()[5]) == library_name]
-    return min(starts)
-
-
-def _code_range(library_name):
-    """Lowest and highest address of the executable mappings of the loaded library ``library_name``."""
-    ranges = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split()
-            if len(fields) >= 6 and os.path.basename(fields[5]) == library_name and "x" in fields[1]:
-                ranges.append([int(v, 16) for v in fields[0].split("-")])
-    if not ranges:
-        raise RuntimeError(f"{library_name} is not loaded on this device")
-    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+    counts = count_call(lambda: main(*args), library_name)
+    return json.dumps({"kernels": counts["in_library"], "total": counts["total"], "blocks": counts["blocks"]})
 
 
 def _surviving(serve):
