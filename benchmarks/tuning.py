@@ -263,12 +263,12 @@ def write_report(results: dict) -> None:
     lines += ["", ("A row with no tuned kernel compares two identical builds: its ratio is this run's noise "
                    "floor. Per-kernel costs (the tune table, `schedules/host/unified.json`) are measured alone, "
                    "minimum of re-raced rounds, and are far steadier than whole-model latency here."), "",
-              ("Dense kernels: no dense records ship. On this machine meta-schedule could not measure a single "
-               "candidate: each tuning process first spends ~4 min importing `tvm.s_tir.tensor_intrin` (its "
-               "TVMScript parser calls `inspect.stack()` per intrinsic, reading source lines for every frame), "
-               "and the LocalBuilder's workers hit their 120 s timeout on every build, so every trial failed. "
-               "The unified rows therefore show the unified-kernel knob search alone; their dense rest keeps the "
-               "default rules.")]
+              ("Dense kernels: in the runs above (before `tvm_unify/tuning/fast_import.py`) meta-schedule could "
+               "not measure a single dense candidate: each tuning process spent minutes importing "
+               "`tvm.s_tir.tensor_intrin` (its TVMScript parser calls `inspect.stack()` per intrinsic, reading "
+               "source lines for every frame), past the LocalBuilder's 120 s build timeout, so every trial "
+               "failed and the dense rest kept the default rules. That import now takes seconds and dense "
+               "trials measure (`tests/test_tuning.py::test_dense_kernels_are_tuned_with_meta_schedule`).")]
     quality = results.get("cost_model")
     if quality:
         lines += ["", "## Cost model quality (unified knob search)", "",
