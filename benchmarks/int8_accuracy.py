@@ -7,8 +7,11 @@ weights) and by these builds:
 - ``fp32``: the fp32 kernels;
 - ``int8 host, per-call scales``: x86 ``direct`` kernels, weights exactly +-1, activation scale
   ``max|x| / 127`` computed per call;
-- ``int8 host, calibrated``: the same with static per-layer scales from 64 training images;
-- ``int8 ARM form, calibrated``: the kernels an aarch64 target gets (``dot4``: a block row's scales on
+- ``int8 host, calibrated, all int8``: the same with static per-layer scales from 64 training images;
+- ``int8 host, calibrated, N layers fp32``: the default int8 build: the unified layers whose int8 inputs
+  would move the output most stay fp32 until the rest meet ``--int8-max-error`` on the samples
+  (``frontend/int8_sensitivity.py``);
+- ``int8 ARM form, calibrated``, both ways: the kernels an aarch64 target gets (``dot4``: a block row's scales on
   one int8 grid, ``sdot.DotWeight``), built for the host: ``sdot`` and ``smmla`` compute the same int32
   sums (``tests/test_arm.py`` checks that on the emulated device), so this is their accuracy.
 
@@ -22,6 +25,7 @@ digits-cnn is trained here when not given (12 epochs, ~1 min).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -34,7 +38,7 @@ from tvm import relax
 
 from tvm_unify.compiler import compile_model, compile_module, lower_unified
 from tvm_unify.data import default_dataset, load_task
-from tvm_unify.frontend import calibrate_act_scales, import_torchscript
+from tvm_unify.frontend import calibrate_act_scales, import_torchscript, int8_fp32_fallback, unified_layers
 from tvm_unify.pipeline import codegen_target
 from tvm_unify.targets import load_target
 from tvm_unify.unify import UnifyConfig, unify_builtin
@@ -56,17 +60,26 @@ def predictions(so: Path, inputs: np.ndarray) -> np.ndarray:
 
 
 def build_all(pt: Path, calibration: np.ndarray, tmp: Path) -> dict[str, Path]:
-    """The four host builds of the table, by label."""
+    """The host builds of the table, by label: calibrated int8 all-int8 and with the default fp32 fallback
+    (``int8_fp32_fallback``), each in the x86 form and in the aarch64 form."""
     imported = import_torchscript(pt)
     scales = calibrate_act_scales(imported, calibration)
+    fallback = int8_fp32_fallback(imported, calibration, scales, unified_layers(imported))
+    print(f"[int8] {pt.stem}: fp32 fallback for {len(fallback)} layers: {', '.join(fallback) or '-'}", flush=True)
     builds = {}
     for label, options in {"fp32": {}, "int8 host, per-call scales": {"mode": "int8"},
-                           "int8 host, calibrated": {"mode": "int8", "calibration": calibration}}.items():
+                           "int8 host, calibrated, all int8": {"mode": "int8", "calibration": calibration,
+                                                               "int8_max_error": math.inf},
+                           f"int8 host, calibrated, {len(fallback)} layers fp32": {
+                               "mode": "int8", "calibration": calibration}}.items():
         builds[label] = tmp / f"{pt.stem}-{len(builds)}.so"
         compile_model(imported, "host", builds[label], **options)
-    arm_form, _ = lower_unified(imported, "int8", scales, tasks=2, target=codegen_target(load_target("arm")))
-    builds["int8 ARM form (dot4 = sdot = smmla), calibrated"] = tmp / f"{pt.stem}-arm.so"
-    compile_module(arm_form, "host", builds["int8 ARM form (dot4 = sdot = smmla), calibrated"], imported.input_shape)
+    for label, fp32_layers in {"all int8": (), f"{len(fallback)} layers fp32": fallback}.items():
+        arm_form, _ = lower_unified(imported, "int8", scales, tasks=2, target=codegen_target(load_target("arm")),
+                                    fp32_layers=fp32_layers)
+        name = f"int8 ARM form (dot4 = sdot = smmla), calibrated, {label}"
+        builds[name] = tmp / f"{pt.stem}-arm-{len(builds)}.so"
+        compile_module(arm_form, "host", builds[name], imported.input_shape)
     return builds
 
 

@@ -1,16 +1,19 @@
 """int8 activation-scale calibration: scales are max|input|/127 per layer over the samples (for traced,
 scripted and eager models), a calibrated int8 build matches the fake-quant reference with those static
-scales, and the CLI path rejects arrays that do not fit with one line and no output."""
+scales, the layers too inexact in int8 stay fp32 (sensitivity search), and the CLI path rejects arrays that do
+not fit with one line and no output."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from tvm_unify.testing import assert_matches
-from tvm_unify.testing import fake_quant_reference, input_abs_max_scales, int8_rtol, unified_model
-from tvm_unify.frontend import calibrate_act_scales
+from tvm_unify.testing import fake_quant_reference, input_abs_max_scales, int8_rtol, torch_reference, unified_model
+from tvm_unify.frontend import calibrate_act_scales, int8_fp32_fallback
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model
 from tvm_unify.frontend import import_torchscript
@@ -58,7 +61,8 @@ def test_calibrated_int8_build_matches_static_fake_quant(digits, tmp_path):
     model, names, _, imported = digits
     scales = calibrate_act_scales(imported, samples_for("digits-cnn"))
     so = tmp_path / "calibrated.so"
-    result = compile_model(imported, "host", so, mode="int8", calibration=samples_for("digits-cnn"))
+    result = compile_model(imported, "host", so, mode="int8", calibration=samples_for("digits-cnn"),
+                           int8_max_error=math.inf)  # every unified layer int8, as the reference quantizes
     assert "calibrate" in result.timings and sum(e.lowered for e in result.report) == len(names)
     x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
     unified = {n: scales[n] for n in names}
@@ -90,3 +94,51 @@ def test_help_says_dynamic_without_calibrate(capsys):
     with pytest.raises(SystemExit):
         main(["compile", "--help"])
     assert "compute the scale from each input at run time" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_layer_whose_int8_input_hurts_most_stays_fp32(digits):
+    """A layer whose scale is far too coarse (its inputs round to a few levels) is the first to fall back;
+    calibrated scales on a small net need no fallback at a loose bound; an impossible bound keeps every
+    unified layer fp32."""
+    model, names, _, imported = digits
+    samples = samples_for("digits-cnn")
+    scales = calibrate_act_scales(imported, samples)
+    assert int8_fp32_fallback(imported, samples, scales, names, max_error=0.5) == []
+    coarse = {**scales, names[1]: scales[names[1]] * 40}
+    assert int8_fp32_fallback(imported, samples, coarse, names, max_error=0.05)[0] == names[1]
+    assert sorted(int8_fp32_fallback(imported, samples, scales, names, max_error=1e-9)) == sorted(names)
+
+
+def test_fp32_fallback_layers_run_fp32_kernels(digits, tmp_path, capsys):
+    """compile --int8-max-error: the chosen layers get fp32 unified kernels (the report says so) and the
+    build matches the fake-quant reference that quantizes only the others."""
+    model, names, path, imported = digits
+    samples = samples_for("digits-cnn")
+    np.save(tmp_path / "samples.npy", samples)
+    so = tmp_path / "mixed.so"
+    assert main(["compile", str(path), "--mode", "int8", "--calibrate", str(tmp_path / "samples.npy"),
+                 "--int8-max-error", "1e-9", "-o", str(so)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fp32 (int8 too inexact here)") == len(names)
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    assert_matches(run_local(so, x), torch_reference(imported, x), rtol=1e-4)  # all fp32: exact
+    scales = calibrate_act_scales(imported, samples)
+    fallback = int8_fp32_fallback(imported, samples, scales, names, max_error=0.01)
+    assert 0 < len(fallback) < len(names)
+    result = compile_model(imported, "host", tmp_path / "part.so", mode="int8", calibration=samples,
+                           int8_max_error=0.01)
+    assert sorted(e.layer for e in result.report if e.fp32_fallback) == sorted(fallback)
+    kept = [n for n in names if n not in fallback]
+    reference = fake_quant_reference(model, kept, x, scales={n: scales[n] for n in kept})
+    assert_matches(run_local(tmp_path / "part.so", x), reference, rtol=int8_rtol(model, kept, x))
+
+
+def test_int8_max_error_needs_samples(digits, tmp_path, capsys):
+    _, _, path, _ = digits
+    out = tmp_path / "x.so"
+    assert main(["compile", str(path), "--mode", "int8", "--int8-max-error", "0.01", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs --calibrate" in err and not out.exists()
+    with pytest.raises(SystemExit):
+        main(["compile", str(path), "--int8-max-error", "-1", "-o", str(out)])
+    assert "positive number or inf" in capsys.readouterr().err and not out.exists()

@@ -6,12 +6,13 @@ Cross targets link with the preset's cross compiler (Debian's ``aarch64-linux-gn
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 import tvm
@@ -20,7 +21,8 @@ from tvm.support import cc
 from .errors import UserError
 from .fileio import atomic_output
 from .format import specs_from_metadata
-from .frontend import ImportedModel, calibrate_act_scales, import_torchscript, layer_names
+from .frontend import (DEFAULT_MAX_ERROR, ImportedModel, calibrate_act_scales, import_torchscript, int8_fp32_fallback,
+                       layer_names, unified_layers)
 from .kernels import DEFAULT_TASKS, KernelOptions
 from .kernels.gpu import FP32, PRECISIONS, GpuPrecision
 from .kernels.unified import UnifiedLayer
@@ -49,14 +51,17 @@ def lower_unified(imported: ImportedModel, mode: str = "fp32", act_scales: Mappi
                   tasks: int = DEFAULT_TASKS, target: tvm.target.Target | None = None,
                   choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
                   timings: dict[str, float] | None = None,
-                  precision: GpuPrecision = FP32) -> tuple[tvm.IRModule, list[LayerReport]]:
+                  precision: GpuPrecision = FP32,
+                  fp32_layers: Collection[str] = ()) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Run ``LowerUnifiedBlocks`` with the file's block specs (and int8 ``act_scales`` by module path, if
     given) for a device of ``tasks`` cores and the codegen ``target`` (None: generic CPU kernels), with
     ``choose`` picking each unified kernel's options (tuning records), on the graph in the GPU
-    ``precision`` (``to_gpu_precision``); return the module and the per-layer report (and in
+    ``precision`` (``to_gpu_precision``), the unified layers ``fp32_layers`` kept in fp32 by an int8 build;
+    return the module and the per-layer report (and in
     ``timings["generate"]`` the seconds spent generating unified kernels)."""
     lowering = LowerUnifiedBlocks(mode, specs_from_metadata(imported.metadata), layer_names(imported.torch_module),
-                                  act_scales, tasks=tasks, target=target, choose=choose, precision=precision)
+                                  act_scales, tasks=tasks, target=target, choose=choose, precision=precision,
+                                  fp32_layers=fp32_layers)
     mod = lowering(to_gpu_precision(imported.mod, precision))
     if timings is not None:
         timings["generate"] = lowering.generation_seconds
@@ -118,12 +123,15 @@ def compile_model(
     emit_source: str | os.PathLike | None = None,
     schedules: str | os.PathLike | None = SHIPPED,
     precision: str = "fp32",
+    int8_max_error: float = DEFAULT_MAX_ERROR,
 ) -> CompileResult:
     """TorchScript file (or an already imported model) -> shared library for ``target``.
 
     Unified layers are lowered to block-sparse kernels in ``mode`` (fp32 or int8) unless ``dense``. For
     int8, ``calibration`` (sample inputs, see ``int8_calibration.sample_batches``) fixes each layer's activation
     scale to max|input|/127 over the samples; without it the kernels compute that scale on every call.
+    With samples, unified layers whose int8 inputs would move the output by more than ``int8_max_error``
+    of its scale stay fp32, the most sensitive first (``int8_fp32_fallback``; ``inf``: none do).
     ``emit_source`` names a folder for the generated code (``emit_sources``). ``schedules``: the tuning
     records to apply (``tuning.records_for``: the shipped ones by default, a folder of per-target
     folders, or None for none); the result says per kernel whether it is tuned. ``precision`` is the
@@ -136,10 +144,13 @@ def compile_model(
     start = time.perf_counter()
     imported = model if isinstance(model, ImportedModel) else import_torchscript(model, input_shape)
     timings["import"] = time.perf_counter() - start
-    act_scales = None
+    act_scales, fp32_layers = None, []
     if calibration is not None:
         start = time.perf_counter()
         act_scales = calibrate_act_scales(imported, calibration)
+        if math.isfinite(int8_max_error):
+            fp32_layers = int8_fp32_fallback(imported, calibration, act_scales, unified_layers(imported),
+                                             int8_max_error)
         timings["calibrate"] = time.perf_counter() - start
     records = records_for(schedules, preset.name)
     chooser = RecordChooser(records) if records is not None else None
@@ -147,7 +158,7 @@ def compile_model(
     if not dense:
         start = time.perf_counter()
         mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset),
-                                    choose=chooser, timings=timings, precision=gpu)
+                                    choose=chooser, timings=timings, precision=gpu, fp32_layers=fp32_layers)
         timings["lower"] = time.perf_counter() - start
         timings["of which kernel generation"] = timings.pop("generate")
     result = compile_module(mod, preset, output, imported.input_shape, emit_source, records)

@@ -34,8 +34,20 @@ def schedule_summary(result) -> str:
     return "\n".join(lines)
 
 
+def _error_bound(text: str) -> float:
+    """A positive error bound (``inf`` allowed) for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number or inf, not {text!r}")
+    return value
+
+
 def _cmd_compile(args: argparse.Namespace) -> None:
     from ..compiler import compile_model
+    from ..errors import UserError
     from ..fileio import load_npy
     from ..frontend import parse_shape
     from ..passes import report_table
@@ -46,11 +58,14 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     preset = load_target(args.target)
     if args.android_ndk:
         preset = android_preset(preset, args.android_ndk)
+    if args.int8_max_error is not None and not args.calibrate:
+        raise UserError("--int8-max-error needs --calibrate SAMPLES.npy (the layers are chosen on the samples)")
     samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
     schedules = None if args.no_schedules else (args.schedules or SHIPPED)
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
                            calibration=samples, emit_source=args.emit_source, schedules=schedules,
-                           precision=args.gpu_precision)
+                           precision=args.gpu_precision,
+                           **({} if args.int8_max_error is None else {"int8_max_error": args.int8_max_error}))
     if result.report:
         print(report_table(result.report))
     print(schedule_summary(result))
@@ -84,6 +99,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="int8 only: fix each layer's activation scale to max|input|/127 over these sample inputs "
                         "(N x input shape, or stacked along the batch axis); without it the int8 kernels compute "
                         "the scale from each input at run time")
+    p.add_argument("--int8-max-error", type=_error_bound, metavar="E",
+                   help="int8 with --calibrate: unified layers whose int8 inputs would move the output by more than "
+                        "E of its scale on the samples stay fp32, the most sensitive first; the report marks them "
+                        "(default 0.03; inf: every unified layer int8)")
     p.add_argument("--gpu-precision", default="fp32", metavar="fp32|fp16|fp16-acc",
                    help="OpenCL targets: fp16 stores activations, weights and block scales as half and sums in "
                         "fp32; fp16-acc also sums in half; both need cl_khr_fp16 on the device (default: fp32)")

@@ -30,24 +30,39 @@ _WEIGHTED_OPS = {torch.ops.aten.conv2d.default, torch.ops.aten.convolution.defau
 _MIN_ABS_MAX = 1e-30  # the int8 kernels' own floor for max|x|: a scale is never 0
 
 
-class _InputAbsMax(fx.Interpreter):
-    """Runs a graph and records max |input| of every conv/linear node whose weight ``names`` knows."""
+class LayerInputs(fx.Interpreter):
+    """Runs a graph, handing the input of every conv/linear node whose weight ``names`` knows to
+    :meth:`layer_input` (by module path), which may observe or replace it."""
 
     def __init__(self, module: fx.GraphModule, names: Mapping[str, str]) -> None:
         super().__init__(module)
         self.names = names
         self.layer_of: dict[fx.Node, str | None] = {}  # fingerprinting once per node, not per sample
-        self.abs_max: dict[str, float] = {}
+
+    def layer_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def run_node(self, node: fx.Node) -> Any:
         if node.op == "call_function" and node.target in _WEIGHTED_OPS:
-            (x, weight, *_), _ = self.fetch_args_kwargs_from_env(node)
+            (x, weight, *rest), kwargs = self.fetch_args_kwargs_from_env(node)
             if node not in self.layer_of:
                 self.layer_of[node] = self.names.get(weight_fingerprint(weight.detach().numpy()))
             name = self.layer_of[node]
             if name is not None:
-                self.abs_max[name] = max(self.abs_max.get(name, 0.0), float(x.detach().abs().max()))
+                return node.target(self.layer_input(name, x), weight, *rest, **kwargs)
         return super().run_node(node)
+
+
+class _InputAbsMax(LayerInputs):
+    """Records max |input| of every named conv/linear layer."""
+
+    def __init__(self, module: fx.GraphModule, names: Mapping[str, str]) -> None:
+        super().__init__(module, names)
+        self.abs_max: dict[str, float] = {}
+
+    def layer_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        self.abs_max[name] = max(self.abs_max.get(name, 0.0), float(x.detach().abs().max()))
+        return x
 
 
 def sample_batches(samples: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -67,7 +82,7 @@ def sample_batches(samples: np.ndarray, input_shape: tuple[int, ...]) -> np.ndar
     return samples.astype(np.float32).reshape((-1, *input_shape))
 
 
-def _program(model: ImportedModel | torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
+def program_of(model: ImportedModel | torch.nn.Module, input_shape: tuple[int, ...]) -> torch.export.ExportedProgram:
     if isinstance(model, ImportedModel):
         return model.program or torchscript_to_exported_program(model.torch_module, input_shape)
     if isinstance(model, torch.jit.ScriptModule):
@@ -90,7 +105,7 @@ def calibrate_act_scales(model: ImportedModel | torch.nn.Module, samples: np.nda
         input_shape, torch_module = tuple(samples.shape[1:]), model
     batches = sample_batches(np.asarray(samples), input_shape)
     names = module_layer_names(torch_module) if layer_names is None else layer_names
-    interpreter = _InputAbsMax(_program(model, input_shape).module(), names)
+    interpreter = _InputAbsMax(program_of(model, input_shape).module(), names)
     for batch in batches:
         interpreter.run(torch.from_numpy(batch))
     return {name: max(m, _MIN_ABS_MAX) / 127 for name, m in interpreter.abs_max.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 import tvm
@@ -74,7 +74,8 @@ class LowerUnifiedBlocks:
 
     ``layer_names`` maps ``weight_fingerprint`` -> module path (for the report and the spec lookup),
     ``specs`` maps module path -> ``BlockSpec`` (from the TorchScript metadata), ``act_scales`` maps module
-    path -> int8 activation scale (absent: computed per call from max |x|), ``tasks`` is the parallel
+    path -> int8 activation scale (absent: computed per call from max |x|), ``fp32_layers`` the module
+    paths an int8 build keeps in fp32 (``frontend.int8_fp32_fallback``), ``tasks`` is the parallel
     task count of the table-lookup kernels (the target device's cores), ``target`` the codegen target
     the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the GPU kernels of
     ``kernels/gpu.py`` in ``precision``, fp32 unless the graph was converted to fp16 first, see
@@ -88,13 +89,14 @@ class LowerUnifiedBlocks:
                  lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS,
                  target: tvm.target.Target | None = None,
                  choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
-                 precision: GpuPrecision = FP32) -> None:
+                 precision: GpuPrecision = FP32, fp32_layers: Collection[str] = ()) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
         self.specs = dict(specs or {})
         self.layer_names = dict(layer_names or {})
         self.act_scales = dict(act_scales or {})
+        self.fp32_layers = frozenset(fp32_layers)
         self.lanes = lanes
         self.tasks = tasks
         self.target = target
@@ -198,17 +200,19 @@ class LowerUnifiedBlocks:
         """Append the unified blocks' kernel, in the pass's mode, on the weight form its algorithm reads."""
         if self.gpu is not None:
             return self._gpu_kernel(entry, dims, enc, kernels)
-        act_scale = self.act_scales.get(entry.layer) if self.mode == "int8" else None
+        mode = "fp32" if entry.layer in self.fp32_layers else self.mode
+        entry.fp32_fallback = mode != self.mode
+        act_scale = self.act_scales.get(entry.layer) if mode == "int8" else None
         conv = entry.op == "conv2d"
         columns, group = (dims.pixels, dims.out_hw[0] * dims.out_hw[1]) if conv else (dims[0], dims[0])
         row = dims.out_hw[1] if conv and not dims.reads_input_in_place else None  # a gathered conv's rows
-        options = target_options(KernelOptions(self.mode, act_scale, self.lanes, tasks=self.tasks),
+        options = target_options(KernelOptions(mode, act_scale, self.lanes, tasks=self.tasks),
                                  cpu_features(self.target), enc.spec.shape, columns, group, row)
         layer = UnifiedLayer(entry.layer, entry.op, dims, enc.spec.layout, to_ell(enc), options)
         start = time.perf_counter()
         func, weight = layer.kernel(options if self.choose is None else self.choose(layer))
         self.generation_seconds += time.perf_counter() - start
-        kernels.append(Kernel(func, f"unified_{entry.op}_{self.mode}", weight.arrays))
+        kernels.append(Kernel(func, f"unified_{entry.op}_{mode}", weight.arrays))
         return weight
 
     def _gpu_kernel(self, entry: LayerReport, dims: Dims, enc: UnifiedWeight, kernels: list[Kernel]) -> EllWeight:

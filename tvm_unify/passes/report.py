@@ -21,11 +21,13 @@ class LayerReport:
     padding: float | None = None  # fraction of the blocked-ELL slots the kernel computes that are padding
     free_blocks: int = 0  # dense-valued blocks, computed by the free-block kernel
     free_padding: float | None = None  # the same fraction for the free blocks' ELL
+    fp32_fallback: bool = False  # an int8 build keeps this layer's unified kernel in fp32 (too inexact in int8)
 
 
 def _lowered_note(e: LayerReport) -> str:
     """The result column of a lowered layer: its free-block count and ELL padding (wasted slots), if any."""
     note = f"lowered with {e.free_blocks} free blocks" if e.free_blocks else "lowered"
+    note += ", fp32 (int8 too inexact here)" if e.fp32_fallback else ""
     paddings = [f"{label} {p:.0%}" for label, p in (("ELL padding", e.padding), ("free ELL padding", e.free_padding))
                 if p]
     return note + (f" ({', '.join(paddings)})" if paddings else "")
