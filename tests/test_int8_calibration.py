@@ -138,7 +138,32 @@ def test_int8_max_error_needs_samples(digits, tmp_path, capsys):
     out = tmp_path / "x.so"
     assert main(["compile", str(path), "--mode", "int8", "--int8-max-error", "0.01", "-o", str(out)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "needs --calibrate" in err and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "needs calibration samples" in err and not out.exists()
     with pytest.raises(SystemExit):
         main(["compile", str(path), "--int8-max-error", "-1", "-o", str(out)])
     assert "positive number or inf" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_model_trained_on_builtin_data_is_calibrated_on_it(digits, tmp_path, capsys):
+    """int8 scales are calibrated by default wherever sample data exists: a file whose metadata names the
+    built-in set it was trained on gets its 64 first training inputs, exactly as if given with --calibrate;
+    --per-call-scales opts out."""
+    from tvm_unify.data import calibration_samples
+
+    model, _, _, imported = digits
+    path = tmp_path / "trained.pt"
+    save_torchscript(model, path, imported.input_shape, {"data": "digits"})
+    samples = calibration_samples("digits", imported.input_shape)
+    assert samples.shape == (64, 1, 8, 8)
+    np.save(tmp_path / "samples.npy", samples)
+    x = np.random.default_rng(2).standard_normal(imported.input_shape).astype("float32")
+    outputs = {}
+    for label, extra in {"default": [], "explicit": ["--calibrate", str(tmp_path / "samples.npy")],
+                         "per-call": ["--per-call-scales"]}.items():
+        so = tmp_path / f"{label}.so"
+        assert main(["compile", str(path), "--mode", "int8", *extra, "-o", str(so)]) == 0
+        said = "calibrated on 64 training inputs of built-in digits" in capsys.readouterr().out
+        assert said == (label == "default")
+        outputs[label] = run_local(so, x)
+    np.testing.assert_array_equal(outputs["default"], outputs["explicit"])
+    assert np.abs(outputs["default"] - outputs["per-call"]).max() > 0

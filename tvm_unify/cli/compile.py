@@ -45,6 +45,22 @@ def _error_bound(text: str) -> float:
     return value
 
 
+def _builtin_samples(model: str, shape: tuple[int, ...] | None):
+    """Calibration samples from the built-in data set the file says its model was trained on (``unify``
+    records it), or None: int8 scales are calibrated by default wherever sample data exists."""
+    from ..data import DATASETS, calibration_samples
+    from ..torchscript import load_torchscript
+
+    _, metadata = load_torchscript(model)
+    data, input_shape = metadata.get("data"), shape or tuple(metadata.get("input_shape", ()))
+    if data not in DATASETS or not input_shape:
+        return None
+    samples = calibration_samples(data, tuple(input_shape))
+    print(f"int8: activation scales calibrated on {len(samples)} training inputs of built-in {data}, the data the "
+          "model was trained on (--per-call-scales: compute them per call instead)")
+    return samples
+
+
 def _cmd_compile(args: argparse.Namespace) -> None:
     from ..compiler import compile_model
     from ..errors import UserError
@@ -58,9 +74,14 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     preset = load_target(args.target)
     if args.android_ndk:
         preset = android_preset(preset, args.android_ndk)
-    if args.int8_max_error is not None and not args.calibrate:
-        raise UserError("--int8-max-error needs --calibrate SAMPLES.npy (the layers are chosen on the samples)")
+    if args.per_call_scales and args.calibrate:
+        raise UserError("--per-call-scales and --calibrate contradict each other: give one")
     samples = load_npy(args.calibrate, "calibration file") if args.calibrate else None
+    if samples is None and args.mode == "int8" and not (args.dense or args.per_call_scales):
+        samples = _builtin_samples(args.model, shape)
+    if args.int8_max_error is not None and samples is None:
+        raise UserError("--int8-max-error needs calibration samples (--calibrate SAMPLES.npy, or a model trained "
+                        "on built-in data); the layers are chosen on them")
     schedules = None if args.no_schedules else (args.schedules or SHIPPED)
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
                            calibration=samples, emit_source=args.emit_source, schedules=schedules,
@@ -97,8 +118,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="numerics of the unified kernels: fp32, or int8 activations x +-1 weights (default: fp32)")
     p.add_argument("--calibrate", metavar="SAMPLES.npy",
                    help="int8 only: fix each layer's activation scale to max|input|/127 over these sample inputs "
-                        "(N x input shape, or stacked along the batch axis); without it the int8 kernels compute "
-                        "the scale from each input at run time")
+                        "(N x input shape, or stacked along the batch axis); without it a model trained on built-in "
+                        "data is calibrated on 64 of its training inputs, any other's int8 kernels compute the "
+                        "scale from each input at run time")
+    p.add_argument("--per-call-scales", action="store_true",
+                   help="int8 only: compute each layer's activation scale from its input at run time, even for a "
+                        "model trained on built-in data (whose training inputs calibrate the scales by default)")
     p.add_argument("--int8-max-error", type=_error_bound, metavar="E",
                    help="int8 with --calibrate: unified layers whose int8 inputs would move the output by more than "
                         "E of its scale on the samples stay fp32, the most sensitive first; the report marks them "

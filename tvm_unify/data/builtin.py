@@ -53,6 +53,15 @@ def load_task(name: str, input_shape: tuple[int, ...], seed: int = 0, copies: in
     return Task(name, AugmentedDigits(*train, size, copies, seed), AugmentedDigits(*test, size, 1, seed + 1))
 
 
+def calibration_samples(name: str, input_shape: tuple[int, ...], count: int = 64) -> np.ndarray:
+    """The first ``count`` training inputs of built-in set ``name`` shaped for ``input_shape``, stacked along
+    the batch axis (a multiple of the batch): int8 activation-scale calibration on the data a model was
+    trained on."""
+    task = load_task(name, input_shape, copies=1)
+    count = max(input_shape[0], count // input_shape[0] * input_shape[0])
+    return np.stack([task.train[i][0].numpy() for i in range(count)]).astype(np.float32)
+
+
 def _digits_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Fixed train/test split of scikit-learn's digits, pixels scaled to [0, 1]."""
     from sklearn.datasets import load_digits
