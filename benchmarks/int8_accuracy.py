@@ -38,7 +38,7 @@ from tvm import relax
 
 from tvm_unify.compiler import compile_model, compile_module, lower_unified
 from tvm_unify.data import default_dataset, load_task
-from tvm_unify.frontend import calibrate_act_scales, import_torchscript, int8_fp32_fallback, unified_layers
+from tvm_unify.frontend import DEFAULT_MAX_ERROR, calibrate_act_scales, import_torchscript, int8_fp32_fallback, unified_layers
 from tvm_unify.pipeline import codegen_target
 from tvm_unify.targets import load_target
 from tvm_unify.unify import UnifyConfig, unify_builtin
@@ -59,19 +59,19 @@ def predictions(so: Path, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([vm["main"](tvm.runtime.tensor(x)).numpy() for x in inputs])
 
 
-def build_all(pt: Path, calibration: np.ndarray, tmp: Path) -> dict[str, Path]:
+def build_all(pt: Path, calibration: np.ndarray, tmp: Path, max_error: float) -> dict[str, Path]:
     """The host builds of the table, by label: calibrated int8 all-int8 and with the default fp32 fallback
     (``int8_fp32_fallback``), each in the x86 form and in the aarch64 form."""
     imported = import_torchscript(pt)
     scales = calibrate_act_scales(imported, calibration)
-    fallback = int8_fp32_fallback(imported, calibration, scales, unified_layers(imported))
+    fallback = int8_fp32_fallback(imported, calibration, scales, unified_layers(imported), max_error)
     print(f"[int8] {pt.stem}: fp32 fallback for {len(fallback)} layers: {', '.join(fallback) or '-'}", flush=True)
     builds = {}
     for label, options in {"fp32": {}, "int8 host, per-call scales": {"mode": "int8"},
                            "int8 host, calibrated, all int8": {"mode": "int8", "calibration": calibration,
                                                                "int8_max_error": math.inf},
                            f"int8 host, calibrated, {len(fallback)} layers fp32": {
-                               "mode": "int8", "calibration": calibration}}.items():
+                               "mode": "int8", "calibration": calibration, "int8_max_error": max_error}}.items():
         builds[label] = tmp / f"{pt.stem}-{len(builds)}.so"
         compile_model(imported, "host", builds[label], **options)
     for label, fp32_layers in {"all int8": (), f"{len(fallback)} layers fp32": fallback}.items():
@@ -83,7 +83,7 @@ def build_all(pt: Path, calibration: np.ndarray, tmp: Path) -> dict[str, Path]:
     return builds
 
 
-def measure(name: str, pt: Path, tmp: Path) -> list[str]:
+def measure(name: str, pt: Path, tmp: Path, max_error: float) -> list[str]:
     imported = import_torchscript(pt)
     task = load_task(default_dataset(imported.input_shape), imported.input_shape)
     test_x, test_y = stacked(task.test)
@@ -92,7 +92,7 @@ def measure(name: str, pt: Path, tmp: Path) -> list[str]:
         ref = np.concatenate([imported.torch_module(torch.from_numpy(x)).numpy() for x in test_x])
     scale = np.abs(ref).max()
     rows = [f"| {name} | PyTorch fp32 (unified weights) | {(ref.argmax(1) == test_y).mean():.2%} | - | - | - |"]
-    for label, so in build_all(pt, calibration, tmp).items():
+    for label, so in build_all(pt, calibration, tmp, max_error).items():
         out = predictions(so, test_x)
         loss = 100 * ((ref.argmax(1) == test_y).mean() - (out.argmax(1) == test_y).mean())
         rows.append(f"| {name} | tvm-unify {label} | {(out.argmax(1) == test_y).mean():.2%} | {loss:+.2f} | "
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH.pt of a trained unified model")
     parser.add_argument("--only", action="append", choices=MODELS)
     parser.add_argument("--epochs", type=int, default=12, help="digits-cnn training epochs when not given")
+    parser.add_argument("--int8-max-error", type=float, default=DEFAULT_MAX_ERROR,
+                        help="the fp32 fallback's bound (compile --int8-max-error)")
     parser.add_argument("--notes", default="", help="how the given models were trained (goes into the report)")
     parser.add_argument("--out", default=str(Path(__file__).with_suffix(".md")))
     args = parser.parse_args()
@@ -120,13 +122,13 @@ def main() -> None:
             if name not in given:
                 unify_builtin(name, pt, UnifyConfig(block=(4, 4), sparsity=0.75), epochs=args.epochs,
                               log=lambda *_: None)
-            rows.extend(measure(name, pt, Path(tmp)))
+            rows.extend(measure(name, pt, Path(tmp), args.int8_max_error))
             print("\n".join(rows[-5:]), flush=True)
     lines = [
         "# int8 accuracy on trained unified models (host)",
         "",
         f"4x4 blocks, 75% pruned, the rest unified; all held-out test images of the built-in data, batch 1; int8 "
-        f"scales calibrated on {CALIBRATION_SAMPLES} training images. {args.notes} torch {torch.__version__}, TVM "
+        f"scales calibrated on {CALIBRATION_SAMPLES} training images; fp32 fallback bound {args.int8_max_error}. {args.notes} torch {torch.__version__}, TVM "
         f"{tvm.__version__}. Run time {time.perf_counter() - start:.0f} s.",
         "",
         "Produced by `python benchmarks/int8_accuracy.py " + " ".join(sys.argv[1:]) + "`.",

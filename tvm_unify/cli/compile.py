@@ -127,7 +127,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--int8-max-error", type=_error_bound, metavar="E",
                    help="int8 with --calibrate: unified layers whose int8 inputs would move the output by more than "
                         "E of its scale on the samples stay fp32, the most sensitive first; the report marks them "
-                        "(default 0.03; inf: every unified layer int8)")
+                        "(default 0.015; inf: every unified layer int8)")
     p.add_argument("--gpu-precision", default="fp32", metavar="fp32|fp16|fp16-acc",
                    help="OpenCL targets: fp16 stores activations, weights and block scales as half and sums in "
                         "fp32; fp16-acc also sums in half; both need cl_khr_fp16 on the device (default: fp32)")
