@@ -15,6 +15,7 @@ from typing import Collection, Mapping
 
 import numpy as np
 import torch
+from torch import fx
 
 from ..format import analyze, specs_from_metadata
 from .act_calibration import LayerInputs, program_of, sample_batches
@@ -28,7 +29,7 @@ SENSITIVITY_SAMPLES = 16  # enough to rank the layers; each trial runs the model
 class _FakeQuant(LayerInputs):
     """Runs the graph with the inputs of the layers in ``quantized`` rounded onto their int8 grids."""
 
-    def __init__(self, module, names: Mapping[str, str], scales: Mapping[str, float]) -> None:
+    def __init__(self, module: fx.GraphModule, names: Mapping[str, str], scales: Mapping[str, float]) -> None:
         super().__init__(module, names)
         self.scales = scales
         self.quantized: Collection[str] = ()
