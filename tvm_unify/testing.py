@@ -22,6 +22,7 @@ from torch import nn
 from .format import to_matrix
 from .kernels import Conv2dGeometry
 from .frontend import ImportedModel, import_torchscript
+from .frontend.int8_sensitivity import fake_quantize
 from .models import get_builtin
 from .models.calibration import calibrate_batchnorm
 from .torchscript import save_torchscript
@@ -98,7 +99,7 @@ def fake_quant_reference(model: nn.Module, names: list[str], x: np.ndarray, jitt
         a = a * (1 + jitter * torch.randn(a.shape, generator=generator))
         # the scale in float32 and its reciprocal computed in float32, as the kernels do
         scale = torch.tensor(scales[paths[module]]) if scales else a.abs().max().clamp_min(1e-30) / 127
-        return (torch.clamp(torch.round(a * (1 / scale)), -127, 127) * scale,)
+        return (fake_quantize(a, scale),)
 
     modules = dict(model.named_modules())
     paths = {modules[n]: n for n in names}

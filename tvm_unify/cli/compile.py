@@ -65,7 +65,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     from ..compiler import compile_model
     from ..errors import UserError
     from ..fileio import load_npy
-    from ..frontend import parse_shape
+    from ..frontend import DEFAULT_MAX_ERROR, parse_shape
     from ..passes import report_table
     from ..targets import android_preset, load_target
     from ..tuning.records import SHIPPED
@@ -85,8 +85,7 @@ def _cmd_compile(args: argparse.Namespace) -> None:
     schedules = None if args.no_schedules else (args.schedules or SHIPPED)
     result = compile_model(args.model, preset, args.output, shape, mode=args.mode, dense=args.dense,
                            calibration=samples, emit_source=args.emit_source, schedules=schedules,
-                           precision=args.gpu_precision,
-                           **({} if args.int8_max_error is None else {"int8_max_error": args.int8_max_error}))
+                           precision=args.gpu_precision, int8_max_error=args.int8_max_error or DEFAULT_MAX_ERROR)
     if result.report:
         print(report_table(result.report))
     print(schedule_summary(result))

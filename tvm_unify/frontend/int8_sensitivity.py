@@ -37,8 +37,13 @@ class _FakeQuant(LayerInputs):
     def layer_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.quantized:
             return x
-        scale = torch.tensor(self.scales[name], dtype=x.dtype)
-        return torch.clamp(torch.round(x * (1 / scale)), -127, 127) * scale
+        return fake_quantize(x, torch.tensor(self.scales[name], dtype=x.dtype))
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded onto the int8 grid of ``scale`` as the int8 kernels quantize it: ``clamp(round(x *
+    (1 / scale)), -127, 127) * scale``, the reciprocal taken in x's dtype."""
+    return torch.clamp(torch.round(x * (1 / scale)), -127, 127) * scale
 
 
 def unified_layers(model: ImportedModel) -> list[str]:
@@ -82,4 +87,4 @@ def int8_fp32_fallback(model: ImportedModel, samples: np.ndarray, scales: Mappin
     return fallback
 
 
-__all__ = ["DEFAULT_MAX_ERROR", "int8_fp32_fallback", "unified_layers"]
+__all__ = ["DEFAULT_MAX_ERROR", "fake_quantize", "int8_fp32_fallback", "unified_layers"]
