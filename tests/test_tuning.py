@@ -5,6 +5,7 @@ count runner over RPC on the emulated aarch64 device."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -23,7 +24,7 @@ from tvm_unify.targets import load_target
 from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model, unify_model
 from tvm_unify.torchscript import save_torchscript
 from tvm_unify.tuning.model import tune_model
-from tvm_unify.tuning.records import UNIFIED_FILE, Records
+from tvm_unify.tuning.records import DENSE_DIR, UNIFIED_FILE, Records, shipped_root
 from tvm_unify.tuning.runners import LocalRunner
 from tvm_unify.tuning.apply import RecordChooser
 from tvm_unify.tuning.space import candidates, knobs_of, normalized, options_for
@@ -92,6 +93,29 @@ def test_corrupt_records_give_one_line_and_no_write(digits_pt, tmp_path, capsys)
     err = cli_error(capsys, ["compile", str(digits_pt), "-o", str(tmp_path / "m.so"), "--schedules", str(tmp_path)])
     assert "corrupt tuning records" in err
     assert not (tmp_path / "m.so").exists()
+
+
+def test_shipped_dense_records_apply_and_agree(digits_pt, tmp_path):
+    """The shipped host records hold tuned meta-schedule schedules for digits-cnn's dense kernels:
+    compile applies them by default and computes what the untuned build computes."""
+    imported = import_torchscript(digits_pt)
+    tuned = compile_model(imported, "host", tmp_path / "tuned.so", dense=True)
+    assert "tuned" in tuned.schedules.values() and tuned.records == str(shipped_root() / "host")
+    compile_model(imported, "host", tmp_path / "plain.so", dense=True, schedules=None)
+    x = np.random.default_rng(2).standard_normal(imported.input_shape).astype("float32")
+    assert_matches(run_local(tmp_path / "tuned.so", x), run_local(tmp_path / "plain.so", x))
+
+
+def test_corrupt_dense_records_give_one_line_and_no_library(digits_pt, tmp_path, capsys):
+    """A tuned workload whose database line does not parse stops the compile with one line."""
+    root = tmp_path / "schedules"
+    shutil.copytree(shipped_root() / "host", root / "host")
+    workloads = root / "host" / DENSE_DIR / "database_workload.json"
+    workloads.write_text("".join(line[: len(line) // 2] + "\n" for line in workloads.read_text().splitlines()))
+    output = tmp_path / "m.so"
+    err = cli_error(capsys, ["compile", str(digits_pt), "--dense", "-o", str(output), "--schedules", str(root)])
+    assert "corrupt tuning records" in err and str(workloads.parent) in err
+    assert not output.exists()
 
 
 def test_a_layer_of_the_same_shape_gets_the_recorded_knobs(digits_pt, tmp_path):

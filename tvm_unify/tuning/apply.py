@@ -48,14 +48,13 @@ def _gain(decision: dict) -> float:
 def install_dense(mod: tvm.IRModule, records: Records, target: tvm.target.Target) -> dict[str, str]:
     """Install, in place, the tuned schedule of every unscheduled kernel of the prepared ``mod`` whose
     recorded decision is ``tuned``; returns ``tuned`` or ``default`` per kernel name."""
+    tasks = [task for task in kernel_tasks(mod) if not is_scheduled(mod[task.gvars[0]])]
+    tuned = {key for key in map(workload_hash, (task.mod for task in tasks))
+             if records.decisions.get(key, {}).get("keep") == "tuned"}
+    database = records.tuned_database(tuned) if tuned else None
     used: dict[str, str] = {}
-    database = records.dense_database() if records.decisions else None
-    for task in kernel_tasks(mod):
-        if is_scheduled(mod[task.gvars[0]]):
-            continue
-        decision = records.decisions.get(workload_hash(task.mod), {})
-        record = (database.query_schedule(task.mod, target, "main")
-                  if database is not None and decision.get("keep") == "tuned" else None)
+    for task in tasks:
+        record = database.query_schedule(task.mod, target, "main") if database is not None else None
         if record is not None:
             install(mod, task, record.mod["main"])
         used[task.name] = "default" if record is None else "tuned"

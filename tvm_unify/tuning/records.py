@@ -76,9 +76,33 @@ class Records:
         (self.dir / DENSE_DIR).mkdir(parents=True, exist_ok=True)
         try:
             return ms.database.JSONDatabase(work_dir=str(self.dir / DENSE_DIR))
-        except tvm.error.TVMError as err:
+        except RuntimeError as err:  # TVM raises its errors as RuntimeError subclasses
             raise UserError(f"corrupt tuning records {self.dir / DENSE_DIR} (meta-schedule database): "
                             f"{last_line(err)}") from None
+
+    def tuned_database(self, keys: set[str]) -> ms.database.MemoryDatabase:
+        """The dense database reduced to the workloads ``keys`` (``workload_hash``) and their records, for
+        ``compile``: parsing every workload of the shipped file (a serialized module each) costs seconds
+        and grows with every tuned model, while a model needs a few. A line that does not parse is a
+        one-line error."""
+        database = ms.database.MemoryDatabase()
+        dense = self.dir / DENSE_DIR
+        workloads: dict[int, ms.database.Workload] = {}
+        try:
+            with open(dense / "database_workload.json") as lines:
+                for index, line in enumerate(lines):
+                    entry = json.loads(line)
+                    if f"{int(entry[0]):016x}" in keys:
+                        workload = ms.database.Workload.from_json(entry)
+                        workloads[index] = database.commit_workload(workload.mod)
+            with open(dense / "database_tuning_record.json") as lines:
+                for line in lines:
+                    index, record = json.loads(line)
+                    if index in workloads:
+                        database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workloads[index]))
+        except (OSError, ValueError, IndexError, TypeError, RuntimeError) as err:
+            raise UserError(f"corrupt tuning records {dense} (meta-schedule database): {last_line(err)}") from None
+        return database
 
     def save_unified(self) -> None:
         """Write ``unified.json`` atomically, one workload per line."""
