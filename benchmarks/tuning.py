@@ -3,6 +3,9 @@
 - ``--tune``: tunes the built-ins (digits-cnn, ResNet-18, MobileNetV2 at 32x32; unified 4x4 blocks at
   75% sparsity, and dense) for the host into ``schedules/host`` (the shipped records) with ``--trials``
   per model, timing each run (``benchmarks/tuning.json``).
+- ``--sweep N [N ...]``: tunes ResNet-18 and MobileNetV2 (unified and dense; ``--models`` for others)
+  from empty records to each budget in turn, each run resuming the last, and races untuned vs tuned
+  after each: latency against trials and tuning wall time. Its records became the shipped ones.
 - ``--measure``: per model, untuned (``--no-schedules``) vs tuned (the records) builds, timed
   interleaved on this host (minimum over rounds: the machine is shared); the XGBoost cost model's
   quality on the recorded unified candidates (leave-one-workload-out top-k recall vs random picks).
@@ -12,7 +15,8 @@
 
 Then writes ``benchmarks/tuning.md`` and ``.png`` from ``tuning.json``.
 
-    python benchmarks/tuning.py --tune --trials 400
+    python benchmarks/tuning.py --sweep 64 256
+    python benchmarks/tuning.py --sweep 64 --models "digits-cnn dense" "digits-cnn unified"
     python benchmarks/tuning.py --count
     python benchmarks/tuning.py --measure
 """
@@ -35,6 +39,8 @@ OUT = Path.home() / ".cache" / "tvm-unify" / "tuning-bench"  # model files and l
 RESULTS = ROOT / "benchmarks" / "tuning.json"
 SCHEDULES = ROOT / "schedules"
 MODELS = ("digits-cnn", "resnet18", "mobilenetv2")
+SWEEP_MODELS = ("resnet18 unified", "mobilenetv2 unified", "resnet18 dense", "mobilenetv2 dense")
+SWEEP = OUT / "sweep"  # the sweep's own records, tuned from nothing
 ROUNDS = 7
 TOP_K = 3
 COUNT_LAYERS = 3  # ResNet-18 layers whose candidates the count correlation measures
@@ -104,37 +110,70 @@ def _seconds(library: Path, x: np.ndarray) -> float:
     return min(vm.time_evaluator("main", tvm.cpu(), number=5, repeat=3)(arg).results)
 
 
-def latency(results: dict) -> None:
-    """Untuned vs tuned, per model, interleaved rounds; the minimum per build."""
+def race(path: Path, dense: bool, schedules: Path) -> dict:
+    """Untuned vs tuned (the records under ``schedules``) builds of one model: outputs checked, then
+    timed in interleaved rounds; the minimum and median per build, and how many kernels are tuned."""
     from tvm_unify.compiler import compile_model
     from tvm_unify.frontend import import_torchscript
     from tvm_unify.runtime.local import run_local
     from tvm_unify.testing import assert_matches
 
+    imported = import_torchscript(path)
+    builds = {}
+    for variant, records in (("untuned", None), ("tuned", schedules)):
+        library = OUT / f"{path.stem}-{variant}.so"
+        result = compile_model(imported, "host", library, dense=dense, schedules=records)
+        builds[variant] = library
+        if variant == "tuned":
+            kernels = result.schedules
+    x = np.random.default_rng(0).standard_normal(imported.input_shape).astype("float32")
+    assert_matches(run_local(builds["tuned"], x), run_local(builds["untuned"], x))
+    samples = {v: [] for v in builds}
+    for _ in range(ROUNDS):
+        for variant, library in builds.items():
+            time.sleep(0.2)
+            samples[variant].append(_seconds(library, x))
+    return {"untuned": min(samples["untuned"]), "tuned": min(samples["tuned"]),
+            "untuned_median": float(np.median(samples["untuned"])),
+            "tuned_median": float(np.median(samples["tuned"])),
+            "kernels": len(kernels), "tuned_kernels": sum(v.startswith("tuned") for v in kernels.values())}
+
+
+def latency(results: dict) -> None:
+    """Untuned vs tuned with the shipped records, per model."""
     rows = {}
     for label, path in model_files(OUT).items():
-        imported = import_torchscript(path)
-        dense = "dense" in label
-        builds = {}
-        for variant, schedules in (("untuned", None), ("tuned", SCHEDULES)):
-            library = OUT / f"{label.replace(' ', '-')}-{variant}.so"
-            result = compile_model(imported, "host", library, dense=dense, schedules=schedules)
-            builds[variant] = library
-            if variant == "tuned":
-                kernels = result.schedules
-        x = np.random.default_rng(0).standard_normal(imported.input_shape).astype("float32")
-        assert_matches(run_local(builds["tuned"], x), run_local(builds["untuned"], x))
-        samples = {v: [] for v in builds}
-        for _ in range(ROUNDS):
-            for variant, library in builds.items():
-                time.sleep(0.2)
-                samples[variant].append(_seconds(library, x))
-        rows[label] = {"untuned": min(samples["untuned"]), "tuned": min(samples["tuned"]),
-                       "untuned_median": float(np.median(samples["untuned"])),
-                       "tuned_median": float(np.median(samples["tuned"])),
-                       "kernels": len(kernels), "tuned_kernels": sum(v.startswith("tuned") for v in kernels.values())}
+        rows[label] = race(path, "dense" in label, SCHEDULES)
         print(label, rows[label], flush=True)
     results["latency"] = rows
+
+
+def sweep(args: argparse.Namespace) -> None:
+    """Tune each model to every budget of ``args.sweep`` in turn (each run resumes the previous one's
+    records, in a fresh folder of their own) and race untuned vs tuned after each: latency and
+    cumulative tuning wall time per budget."""
+    from tvm_unify.targets import load_target
+    from tvm_unify.tuning.model import tune_model
+    from tvm_unify.tuning.runners import LocalRunner
+
+    files = model_files(OUT)
+    for trials in sorted(args.sweep):
+        for label in args.models or SWEEP_MODELS:
+            results = load_results()
+            points = results.setdefault("sweep", {}).setdefault(label, {})
+            if str(trials) in points:
+                continue
+            dense = "dense" in label
+            print(f"sweep: {label} to {trials} trials", flush=True)
+            start = time.perf_counter()
+            rows = tune_model(files[label], load_target("host"), SWEEP / "host", LocalRunner(), trials=trials,
+                              dense=dense, kernels="dense" if dense else "all", log=lambda m: print(m, flush=True))
+            seconds = max((p["seconds"] for p in points.values()), default=0.0) + time.perf_counter() - start
+            point = race(files[label], dense, SWEEP)
+            point.update(seconds=seconds, trials=sum(r.trials for r in rows))
+            points[str(trials)] = point
+            print(label, trials, point, flush=True)
+            save_results(results)
 
 
 def _layers() -> dict:
@@ -241,20 +280,29 @@ def cpu_name() -> str:
     return names[0] if names else platform.machine()
 
 
+def _records_run(results: dict, label: str) -> dict:
+    """Trials and tuning seconds behind the shipped records of ``label``: the sweep's largest budget,
+    else a ``--tune`` run's."""
+    points = results.get("sweep", {}).get(label)
+    if points:
+        return points[max(points, key=int)]
+    return results.get("tune", {}).get(label, {})
+
+
 def write_report(results: dict) -> None:
     lines = ["# Autotuning: `tvm-unify tune` on the host (and the count runner's proxy)", "",
-             f"Machine: {results.get('cpu', cpu_name())}, {os.cpu_count()} cores shared with other jobs (load "
-             "average 6-7 during these runs): every latency is the minimum over interleaved rounds, and ratios "
-             "compare builds measured in the same run. TVM_NUM_THREADS=2. Batch 1, 32x32 input (digits-cnn "
-             "8x8), BatchNorm-calibrated untrained weights; unified = 4x4 blocks at 75% sparsity "
+             f"Machine: {results.get('cpu', cpu_name())}, {os.cpu_count()} cores (load average "
+             f"{results.get('load', 'not recorded')} while measuring): every latency is the minimum over interleaved "
+             "rounds, and ratios compare builds measured in the same run. TVM_NUM_THREADS=2. Batch 1, 32x32 input "
+             "(digits-cnn 8x8), BatchNorm-calibrated untrained weights; unified = 4x4 blocks at 75% sparsity "
              "(`tvm_unify.testing.unified_model`).", "",
-             "Produced by `python benchmarks/tuning.py --tune --trials N`, `--count`, `--measure` (one run "
-             "each; the tuning runs wrote the shipped records `schedules/host/`).", "",
+             "Produced by `python benchmarks/tuning.py --sweep 64 256` (its records are the shipped "
+             "`schedules/host/`), `--count` and `--measure` (one run each).", "",
              "## Untuned vs tuned (ms per inference, minimum of rounds; median in brackets)", "",
              "| model | trials | tuning wall min | kernels tuned / all | untuned ms | tuned ms | speed-up |",
              "|---|---|---|---|---|---|---|"]
     for label, row in results.get("latency", {}).items():
-        tuning = results.get("tune", {}).get(label, {})
+        tuning = _records_run(results, label)
         lines.append(f"| {label} | {tuning.get('trials', '-')} | {tuning.get('seconds', 0) / 60:.1f} | "
                      f"{row['tuned_kernels']} / {row['kernels']} | {row['untuned'] * 1e3:.3f} "
                      f"({row['untuned_median'] * 1e3:.3f}) | {row['tuned'] * 1e3:.3f} "
@@ -263,12 +311,32 @@ def write_report(results: dict) -> None:
     lines += ["", ("A row with no tuned kernel compares two identical builds: its ratio is this run's noise "
                    "floor. Per-kernel costs (the tune table, `schedules/host/unified.json`) are measured alone, "
                    "minimum of re-raced rounds, and are far steadier than whole-model latency here."), "",
-              ("Dense kernels: in the runs above (before `tvm_unify/tuning/fast_import.py`) meta-schedule could "
-               "not measure a single dense candidate: each tuning process spent minutes importing "
-               "`tvm.s_tir.tensor_intrin` (its TVMScript parser calls `inspect.stack()` per intrinsic, reading "
-               "source lines for every frame), past the LocalBuilder's 120 s build timeout, so every trial "
-               "failed and the dense rest kept the default rules. That import now takes seconds and dense "
-               "trials measure (`tests/test_tuning.py::test_dense_kernels_are_tuned_with_meta_schedule`).")]
+              ("Dense kernels get meta-schedule's evolutionary search with its XGBoost cost model, then a "
+               "keep-the-better race per kernel against the default rules (`tvm_unify/tuning/keep_better.py`). "
+               "`tvm_unify/tuning/fast_import.py` keeps each builder and runner worker's import of meta-schedule's "
+               "tensor intrinsics to seconds; before it, that import outlasted the builder's 120 s timeout here "
+               "and no dense candidate could be measured.")]
+    sweep_points = results.get("sweep")
+    if sweep_points:
+        lines += ["", "## Trial sweep: untuned vs tuned by budget", "",
+                  ("Each model tuned from empty records (`python benchmarks/tuning.py --sweep ...`), every budget "
+                   "resuming the previous one's records; after each, untuned and tuned builds raced as above. "
+                   "Wall time is the tuning's, cumulative."), "",
+                  "| model | trials | tuning wall min | kernels tuned / all | untuned ms | tuned ms | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, points in sweep_points.items():
+            for budget, row in sorted(points.items(), key=lambda item: int(item[0])):
+                lines.append(f"| {label} | {budget} | {row['seconds'] / 60:.1f} | {row['tuned_kernels']} / "
+                             f"{row['kernels']} | {row['untuned'] * 1e3:.3f} ({row['untuned_median'] * 1e3:.3f}) | "
+                             f"{row['tuned'] * 1e3:.3f} ({row['tuned_median'] * 1e3:.3f}) | "
+                             f"{row['untuned'] / row['tuned']:.2f}x |")
+        again = {label: (points[max(points, key=int)], results["latency"][label])
+                 for label, points in sweep_points.items() if label in results.get("latency", {})}
+        if again:
+            spread = ", ".join(f"{label} {s['untuned'] / s['tuned']:.2f}x vs {m['untuned'] / m['tuned']:.2f}x"
+                               for label, (s, m) in again.items())
+            lines += ["", ("The sweep's last budget and the table above race the same records in two runs: "
+                           f"{spread}. The difference is this machine's run-to-run noise on whole-model latency.")]
     quality = results.get("cost_model")
     if quality:
         lines += ["", "## Cost model quality (unified knob search)", "",
@@ -303,7 +371,7 @@ def write_plot(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     rows = results.get("latency", {})
     xs = np.arange(len(rows))
     axes[0].bar(xs - 0.2, [r["untuned"] * 1e3 for r in rows.values()], 0.4, label="untuned")
@@ -328,6 +396,17 @@ def write_plot(results: dict) -> None:
         axes[2].set_ylabel("host us")
         axes[2].legend(fontsize=7)
         axes[2].set_title("count runner vs host time")
+    for label, points in results.get("sweep", {}).items():
+        budgets = sorted(points, key=int)
+        axes[3].plot([int(b) for b in budgets], [points[b]["untuned"] / points[b]["tuned"] for b in budgets],
+                     marker="o", label=label)
+    if results.get("sweep"):
+        axes[3].axhline(1.0, color="grey", linewidth=0.8)
+        axes[3].set_xscale("log", base=2)
+        axes[3].set_xlabel("trials (per model)")
+        axes[3].set_ylabel("untuned / tuned latency")
+        axes[3].legend(fontsize=7)
+        axes[3].set_title("trial sweep")
     fig.tight_layout()
     fig.savefig(ROOT / "benchmarks" / "tuning.png", dpi=110)
 
@@ -337,8 +416,10 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--measure", action="store_true")
     parser.add_argument("--count", action="store_true")
+    parser.add_argument("--sweep", type=int, nargs="+", metavar="TRIALS",
+                        help="tune from nothing to each of these budgets in turn, racing after each")
     parser.add_argument("--trials", type=int, default=400, help="trials per model (--tune)")
-    parser.add_argument("--models", nargs="+", help="with --tune: only these, e.g. 'resnet18 dense'")
+    parser.add_argument("--models", nargs="+", help="with --tune or --sweep: only these, e.g. 'resnet18 dense'")
     parser.add_argument("--kernels", default="all", choices=["all", "unified", "dense"], help="with --tune")
     parser.add_argument("--port", type=int, default=0, help="emulated device port (--count; default: a free one)")
     args = parser.parse_args()
@@ -347,12 +428,16 @@ def main() -> None:
     if args.tune:
         tune(args)
         results = load_results()
+    if args.sweep:
+        sweep(args)
+        results = load_results()
     if args.count:
         count_correlation(results, args.port)
         save_results(results)
     if args.measure:
         results["cpu"] = cpu_name()
         latency(results)
+        results["load"] = f"{os.getloadavg()[0]:.1f}"
         cost_model_quality(results)
         save_results(results)
     write_report(results)
