@@ -18,6 +18,7 @@ from tvm_unify.compiler import lower_unified
 from tvm_unify.pipeline import codegen_target
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.kernels import recipe_of
+from tvm_unify.kernels.unified import is_deferred
 from tvm_unify.passes import FuseUnifiedEpilogue
 from tvm_unify.pipeline import schedule_default
 from tvm_unify.targets import load_target
@@ -204,3 +205,25 @@ def test_dense_module_is_left_alone(builtin_pt):
     fusion = FuseUnifiedEpilogue()
     tvm.ir.assert_structural_equal(fusion(mod), mod)
     assert fusion.fused == []
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_deferred_kernels_are_generated_once_by_the_build(tmp_path, mode):
+    """``lower_unified(defer=True)`` (what compile does) leaves signatures with the kernels' parameters and
+    recipes; the build generates them, fused with their epilogue or (fusion off) as they are, and computes
+    what the eagerly generated kernels compute."""
+    _, _, imported = unified(UsedTwice, (1, 16, 8, 8), True, tmp_path)
+    layers = []
+    eager, _ = lower_unified(imported, mode, choose=lambda layer: layers.append(layer) or layer.options)
+    deferred, _ = lower_unified(imported, mode, defer=True)
+    for layer in layers:
+        kernel, signature = layer.kernel(layer.options)[0], layer.signature(layer.options)[0]
+        assert is_deferred(signature) and not is_deferred(kernel)
+        assert [(list(p.shape), p.dtype) for p in signature.params] == [(list(p.shape), p.dtype) for p in kernel.params]
+        assert recipe_of(signature) == recipe_of(kernel)
+    x = np.random.default_rng(4).standard_normal((1, 16, 8, 8)).astype("float32")
+    expected = run(compile_scheduled(eager)[1], x)
+    for fuse in (True, False):
+        scheduled, vm = compile_scheduled(deferred, fuse)
+        assert not any(is_deferred(f) for f in scheduled.functions.values())
+        assert_matches(run(vm, x), expected, rtol=1e-6)

@@ -79,6 +79,9 @@ def target_options(options: KernelOptions, features: CpuFeatures, block: tuple[i
     return replace(options, algorithm=algorithm, lanes=lanes)
 
 
+DEFERRED_ATTR = "tvm_unify.deferred"
+
+
 def kernel_weight(ell: EllWeight, mode: str, columns: int, algorithm: str | None = None
                   ) -> KernelWeight:
     """The weight in the form ``algorithm`` (default: ``default_algorithm``) reads (``FORMS``; ``ell``
@@ -119,6 +122,23 @@ def _unified(problem: GemmProblem, weight: KernelWeight, options: KernelOptions,
                      overlap=tiles_overlap(options.algorithm))
     kernel = gemm_kernel(plan, ALGORITHMS[options.algorithm])
     return with_recipe(kernel, shape, (weight.rows, weight.cols), len(weight.arrays), options)
+
+
+def _signature(problem: GemmProblem, weight: KernelWeight, options: KernelOptions, shape: dict,
+               x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> tvm.tirx.PrimFunc:
+    """What ``_unified`` returns without the kernel's body: its parameters ``(x, *weight.arrays, y)``,
+    its recipe and ``DEFERRED_ATTR``."""
+    options = _resolve(weight, problem, options)
+    params = [tvm.tirx.decl_buffer(x_shape, "float32", "x"),
+              *(tvm.tirx.decl_buffer(a.shape, str(a.dtype), f"w{i}") for i, a in enumerate(weight.arrays)),
+              tvm.tirx.decl_buffer(y_shape, "float32", "y")]
+    func = tvm.tirx.PrimFunc(params, tvm.tirx.Evaluate(tvm.tirx.const(0, "int32"))).with_attr(DEFERRED_ATTR, True)
+    return with_recipe(func, shape, (weight.rows, weight.cols), len(weight.arrays), options)
+
+
+def is_deferred(func: tvm.ir.BaseFunc) -> bool:
+    """Whether ``func`` is a unified kernel's signature whose body is yet to be generated."""
+    return isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and DEFERRED_ATTR in func.attrs
 
 
 def unified_conv2d(g: Conv2dGeometry, weight: KernelWeight, layout: str,
@@ -181,6 +201,20 @@ class UnifiedLayer:
         if self.op == "conv2d":
             return unified_conv2d(self.dims, weight, self.layout, options), weight
         return unified_dense(*self.dims, weight, options), weight
+
+    def signature(self, options: KernelOptions) -> tuple[tvm.tirx.PrimFunc, KernelWeight]:
+        """``kernel(options)`` without its body (``is_deferred``): parameters and recipe, from which the
+        epilogue fusion, or ``GenerateDeferredKernels`` for a kernel it leaves alone, generates it once.
+        Generating it here too would parse every fused kernel twice."""
+        weight = kernel_weight(self.ell, options.mode, self.columns, options.algorithm)
+        if self.op == "conv2d":
+            g = self.dims
+            return _signature(conv2d_problem(g, self.layout, options.lanes), weight, options,
+                              conv2d_shape(g, self.layout), (g.batch, g.in_channels, g.height, g.width),
+                              (g.batch, g.out_channels, *g.out_hw)), weight
+        batch, in_features, out_features = self.dims
+        return _signature(dense_problem(*self.dims), weight, options, dense_shape(*self.dims),
+                          (batch, in_features), (batch, out_features)), weight
 
 
 def _digest(value) -> str:

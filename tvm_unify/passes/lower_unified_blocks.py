@@ -18,7 +18,6 @@ Analyse, then rewrite (the shape of TVM's ``FoldBatchnormToConv2D``, with the de
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping
 
@@ -80,8 +79,10 @@ class LowerUnifiedBlocks:
     the kernels are generated for (None: generic CPU kernels; an OpenCL target gets the GPU kernels of
     ``kernels/gpu.py`` in ``precision``, fp32 unless the graph was converted to fp16 first, see
     ``compiler.to_gpu_precision``), ``choose`` the CPU kernel options per layer (tuning records,
-    ``tuning/``; None: the defaults). After the pass has run, ``report`` lists every conv2d/linear layer it
-    saw.
+    ``tuning/``; None: the defaults). With ``defer``, CPU unified kernels are left as signatures
+    (``UnifiedLayer.signature``) for the compile pipeline to generate once their epilogue is known
+    (``FuseUnifiedEpilogue``, ``GenerateDeferredKernels``). After the pass has run, ``report`` lists every
+    conv2d/linear layer it saw.
     """
 
     def __init__(self, mode: str = "fp32", specs: Mapping[str, BlockSpec] | None = None,
@@ -89,7 +90,7 @@ class LowerUnifiedBlocks:
                  lanes: int = DEFAULT_LANES, tasks: int = DEFAULT_TASKS,
                  target: tvm.target.Target | None = None,
                  choose: Callable[[UnifiedLayer], KernelOptions] | None = None,
-                 precision: GpuPrecision = FP32, fp32_layers: Collection[str] = ()) -> None:
+                 precision: GpuPrecision = FP32, fp32_layers: Collection[str] = (), defer: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         self.mode = mode
@@ -101,7 +102,7 @@ class LowerUnifiedBlocks:
         self.tasks = tasks
         self.target = target
         self.choose = choose
-        self.generation_seconds = 0.0  # spent generating unified kernels (the compile report's timings)
+        self.defer = defer
         self.gpu = GpuLimits.of(target) if is_gpu_target(target) else None
         if self.gpu is not None and mode != "fp32":
             raise UserError(f"{mode} unified kernels run on CPUs only: build for {target.kind.name} with --mode fp32")
@@ -209,9 +210,8 @@ class LowerUnifiedBlocks:
         options = target_options(KernelOptions(mode, act_scale, self.lanes, tasks=self.tasks),
                                  cpu_features(self.target), enc.spec.shape, columns, group, row)
         layer = UnifiedLayer(entry.layer, entry.op, dims, enc.spec.layout, to_ell(enc), options)
-        start = time.perf_counter()
-        func, weight = layer.kernel(options if self.choose is None else self.choose(layer))
-        self.generation_seconds += time.perf_counter() - start
+        chosen = options if self.choose is None else self.choose(layer)
+        func, weight = layer.signature(chosen) if self.defer else layer.kernel(chosen)
         kernels.append(Kernel(func, f"unified_{entry.op}_{mode}", weight.arrays))
         return weight
 
