@@ -9,5 +9,5 @@ from .lower_planar import LowerPlanarConv2d
 from .lower_unified_blocks import LowerUnifiedBlocks
 from .report import LayerReport, report_table
 
-__all__ = ["FoldConstantsNumpy", "FuseUnifiedEpilogue", "GenerateDeferredKernels", "KeepScheduledOpaque", "LayerReport", "LowerPlanarConv2d", "LowerUnifiedBlocks",
-           "report_table"]
+__all__ = ["FoldConstantsNumpy", "FuseUnifiedEpilogue", "GenerateDeferredKernels", "KeepScheduledOpaque",
+           "LayerReport", "LowerPlanarConv2d", "LowerUnifiedBlocks", "report_table"]
