@@ -195,26 +195,29 @@ class UnifiedLayer:
             pattern.update(np.ascontiguousarray(array, dtype=np.int32).tobytes())
         return _digest([*self.shape, pattern.hexdigest()])
 
+    def _gemm(self, options: KernelOptions) -> tuple[GemmProblem, dict, tuple[int, ...], tuple[int, ...]]:
+        """The GEMM the kernel computes with ``options``' lanes, the op's shape for the recipe, and the
+        kernel's input and output shapes."""
+        if self.op == "conv2d":
+            g = self.dims
+            return (conv2d_problem(g, self.layout, options.lanes), conv2d_shape(g, self.layout),
+                    (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, *g.out_hw))
+        batch, in_features, out_features = self.dims
+        return dense_problem(*self.dims), dense_shape(*self.dims), (batch, in_features), (batch, out_features)
+
     def kernel(self, options: KernelOptions) -> tuple[tvm.tirx.PrimFunc, KernelWeight]:
         """The kernel with ``options`` (an algorithm must be set), and the weight form it reads."""
         weight = kernel_weight(self.ell, options.mode, self.columns, options.algorithm)
-        if self.op == "conv2d":
-            return unified_conv2d(self.dims, weight, self.layout, options), weight
-        return unified_dense(*self.dims, weight, options), weight
+        problem, shape, _, _ = self._gemm(options)
+        return _unified(problem, weight, options, shape), weight
 
     def signature(self, options: KernelOptions) -> tuple[tvm.tirx.PrimFunc, KernelWeight]:
         """``kernel(options)`` without its body (``is_deferred``): parameters and recipe, from which the
         epilogue fusion, or ``GenerateDeferredKernels`` for a kernel it leaves alone, generates it once.
         Generating it here too would parse every fused kernel twice."""
         weight = kernel_weight(self.ell, options.mode, self.columns, options.algorithm)
-        if self.op == "conv2d":
-            g = self.dims
-            return _signature(conv2d_problem(g, self.layout, options.lanes), weight, options,
-                              conv2d_shape(g, self.layout), (g.batch, g.in_channels, g.height, g.width),
-                              (g.batch, g.out_channels, *g.out_hw)), weight
-        batch, in_features, out_features = self.dims
-        return _signature(dense_problem(*self.dims), weight, options, dense_shape(*self.dims),
-                          (batch, in_features), (batch, out_features)), weight
+        problem, shape, x_shape, y_shape = self._gemm(options)
+        return _signature(problem, weight, options, shape, x_shape, y_shape), weight
 
 
 def _digest(value) -> str:

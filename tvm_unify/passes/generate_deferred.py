@@ -17,8 +17,7 @@ from tvm.ir.transform import PassContext, module_pass
 from ..kernels import regenerate
 from ..kernels.recipe import recipe_of
 from ..kernels.unified import is_deferred
-
-CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+from .fuse_epilogue import CALL_TIR
 
 
 @module_pass(opt_level=0, name="GenerateDeferredKernels")
