@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tvm_unify.models import get_builtin
 from tvm_unify.runtime.profile import KernelTime, format_breakdown, kernel_breakdown
 from tvm_unify.testing import unified_model
 from tvm_unify.torchscript import save_torchscript
+from machine import cpu_name
 
 MODELS = ("mobilenetv2", "mobilenetv2-224", "resnet18", "resnet18-224")
 GROUPS = ("unified kernels", "dense conv/matmul", "other kernels", "VM runtime")
@@ -57,12 +57,6 @@ def grouped(times: list[KernelTime]) -> dict[str, float]:
     for k in times:
         totals[group_of(k.name)] += k.ms
     return totals
-
-
-def cpu_name() -> str:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def main() -> None:

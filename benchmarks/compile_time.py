@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", help="only these built-ins")
     args = parser.parse_args()
-    from breakdown import cpu_name
+    from machine import cpu_name
 
     load_before = os.getloadavg()[0]
     rows = []

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -59,6 +58,7 @@ from tvm_unify.tuning import (MIN_FLOP_SHARE, TRIALS_PER_ITER, Race, allocate, k
                               open_database, tunable, tune_tasks_resumable)
 from tvm_unify.tuning.keep_better import RACE_MIN_REPEAT_MS, RACE_REPEATS, RACE_ROUNDS
 from tvm_unify.tuning.tune import STATE_FILE
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = (4, 4)
@@ -309,14 +309,6 @@ def _summary_row(r: ModelResult) -> str:
 def _race_rows(r: ModelResult) -> list[str]:
     return [f"| {r.name} | {race.task} | {race.weight} | {race.records} | {race.default * 1e6:.1f} | "
             f"{race.tuned * 1e6:.1f} | {race.winner} | {race.default / race.tuned:.2f}x |" for race in r.races]
-
-
-def cpu_name() -> str:
-    """The CPU model as the kernel reports it (the machine line of the report), else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return names[0] if names else platform.machine()
 
 
 def write_markdown(path: Path, results: list[ModelResult], args: argparse.Namespace, seconds: float) -> None:

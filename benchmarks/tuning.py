@@ -26,13 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path.home() / ".cache" / "tvm-unify" / "tuning-bench"  # model files and libraries (not committed)
@@ -272,12 +272,6 @@ def count_correlation(results: dict, port: int) -> None:
         mine = [p for p in points if p["layer"] == name]
         per_layer[name] = float(spearmanr([p["count"] for p in mine], [p["seconds"] for p in mine]).statistic)
     results["count"] = {"points": points, "spearman": per_layer}
-
-
-def cpu_name() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
-    return names[0] if names else platform.machine()
 
 
 def _records_run(results: dict, label: str) -> dict:
