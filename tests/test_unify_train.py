@@ -44,7 +44,7 @@ def test_admm_beats_one_shot_projection(dense_cnn):
                        input_shape=(1, 1, 8, 8), **QUIET)
     layers = resolve_specs(model, config)
     assert admm.final_accuracy > one_shot.projected_accuracy + 0.2, (admm, one_shot)
-    assert len(admm.rounds) == 2 and admm.rounds[1].rho == pytest.approx(admm.rounds[0].rho * Schedule().rho_growth)
+    assert [r.rho for r in admm.rounds] == pytest.approx([Schedule().rho, Schedule().rho_max])  # the cap at the end
     assert all(0 < r.residual.relative and 0 <= r.residual.satisfied <= 1 for r in admm.rounds)
     state = ADMMState(model, layers, rho=1.0)  # the final weights are a fixed point: nothing left to do
     stats = state.update()
@@ -61,6 +61,19 @@ def test_admm_residual_shrinks_round_by_round():
     assert len(relative) >= 4 and all(b < a for a, b in zip(relative, relative[1:])), relative
     assert relative[-1] <= 0.05 and report.rounds[-1].residual.satisfied >= 0.95, report.rounds[-1]
     assert report.rounds[-1].accuracy - report.projected_accuracy <= 0.01
+
+
+@pytest.mark.parametrize("rounds", [1, 3, 8, 12])
+def test_default_rho_reaches_the_cap_at_the_last_round(rounds):
+    """Without a growth factor rho climbs geometrically to rho_max at the last round, whatever the round
+    count; an explicit factor is kept and capped."""
+    schedule = Schedule(admm_rounds=rounds)
+    ramp = [schedule.rho_at(i) for i in range(rounds)]
+    assert ramp[-1] == pytest.approx(schedule.rho_max if rounds > 1 else schedule.rho)
+    assert all(b > a for a, b in zip(ramp, ramp[1:]))
+    fixed = Schedule(admm_rounds=rounds, rho_growth=2.0)
+    assert [fixed.rho_at(i) for i in range(rounds)] == pytest.approx(
+        [min(fixed.rho * 2.0 ** i, fixed.rho_max) for i in range(rounds)])
 
 
 def test_rho_changes_keep_the_unscaled_dual():

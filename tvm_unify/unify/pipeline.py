@@ -36,7 +36,8 @@ class Schedule:
 
     The defaults are chosen so that the weights reach the constraint set before the hard projection
     (docs/compression.md has the measurements): one-epoch rounds, ``rho`` growing geometrically from
-    ``rho`` to ``rho_max`` (reached at the last round), and an Adam W-step. A penalty too weak for the
+    ``rho`` to ``rho_max`` (``rho_growth=None``: the factor that reaches it at the last round), and an
+    Adam W-step. A penalty too weak for the
     task loss (the former rho 1e-2 x1.3) leaves ``W`` where it was while ``U`` accumulates, so the
     residual grows instead of shrinking.
     """
@@ -46,8 +47,8 @@ class Schedule:
     round_epochs: int = 1
     finetune_epochs: int = 4
     rho: float = 0.5
-    rho_growth: float = 2.0
-    rho_max: float = 32.0
+    rho_growth: float | None = None  # None: reach rho_max at the last round
+    rho_max: float = 128.0
     lr: float = 2e-3
     admm_lr: float = 2e-3
     admm_optimizer: str = "adam"
@@ -58,7 +59,7 @@ class Schedule:
         counts = (self.dense_epochs, self.admm_rounds, self.round_epochs, self.finetune_epochs)
         if min(counts) < 0:
             raise UserError("epoch and round counts must be >= 0")
-        if min(self.rho, self.rho_max, self.lr, self.admm_lr, self.batch_size) <= 0 or self.rho_growth < 1:
+        if min(self.rho, self.rho_max, self.lr, self.admm_lr, self.batch_size) <= 0 or self.growth < 1:
             raise UserError("rho, rho_max, lr, admm_lr and batch_size must be > 0 and rho_growth >= 1")
         if self.admm_optimizer not in ("sgd", "adam"):
             raise UserError(f"admm_optimizer must be sgd or adam, not {self.admm_optimizer!r}")
@@ -72,18 +73,23 @@ class Schedule:
         dense = 0 if pretrained else round(0.4 * epochs)
         rest = epochs - dense
         finetune = max(1, rest // 3)
-        schedule = cls(dense, rest - finetune, 1, finetune, **overrides)
-        if "rho_growth" in overrides:
-            return schedule
-        return replace(schedule, rho_growth=reaching_growth(schedule.rho, schedule.rho_max, schedule.admm_rounds))
+        return cls(dense, rest - finetune, 1, finetune, **overrides)
 
     @property
     def total_epochs(self) -> int:
         return self.dense_epochs + self.admm_rounds * self.round_epochs + self.finetune_epochs
 
+    @property
+    def growth(self) -> float:
+        """The per-round factor of ``rho``: ``rho_growth`` if set, else the one reaching ``rho_max`` at the
+        last round (so a schedule with more or fewer rounds still ends at the full penalty)."""
+        if self.rho_growth is not None:
+            return self.rho_growth
+        return reaching_growth(self.rho, self.rho_max, self.admm_rounds)
+
     def rho_at(self, round_index: int) -> float:
         """The penalty of ADMM round ``round_index`` (0-based): geometric growth, capped."""
-        return min(self.rho * self.rho_growth ** round_index, self.rho_max)
+        return min(self.rho * self.growth ** round_index, self.rho_max)
 
 
 def reaching_growth(rho: float, rho_max: float, rounds: int) -> float:
