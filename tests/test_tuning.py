@@ -1,6 +1,6 @@
 """``tvm-unify tune``: records written and resumed, ``compile`` applying them, unified-kernel knobs that
-change the kernel but not its output, one-line errors for corrupt records, and (slow) tuning with the
-count runner over RPC on the emulated aarch64 device."""
+change the kernel but not its output, one-line errors for corrupt records, dense kernels tuned over RPC,
+and (slow) tuning with the count runner over RPC on the emulated aarch64 device."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def test_count_runner_over_rpc_on_the_emulated_device(digits_pt, tmp_path, capsy
     finally:
         stop_device(state.port)
     out = capsys.readouterr().out
-    assert "k insn" in out and "dense kernels keep their default schedules" in out
+    assert "k insn" in out
     entries = json.loads((tmp_path / "a76" / UNIFIED_FILE).read_text())["workloads"]
     measured = [t for e in entries.values() for t in e["trials"]]
     assert len(measured) == 2 and all(e["unit"] == "instructions" for e in entries.values())
@@ -208,15 +208,80 @@ def test_light_stack_gives_the_parser_what_inspect_stack_does():
     assert [f.code_context for f in light[:3]] == [f.code_context for f in full[:3]]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_dense_kernels_are_tuned_with_meta_schedule(tmp_path, capsys):
-    """Meta-schedule's builders import tvm.s_tir.tensor_intrin in every worker; imported the slow way it
-    outlasted the build timeout and every dense candidate failed. Now the trials measure, the records
-    hold them and compile applies the database."""
+@pytest.fixture()
+def dense_pt(tmp_path):
+    """A small dense conv net (two tunable kernels) and the model itself, for the reference."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10)).eval()
     path = tmp_path / "dense.pt"
     save_torchscript(model, path, (1, 3, 8, 8), {"model": "test"})
+    return path, model
+
+
+def _compiled_matches(path, model, root, tmp_path, target: str = "host") -> None:
+    """``compile`` with the records in ``root`` gives a library that computes what the model does."""
+    library = tmp_path / "dense.so"
+    assert main(["compile", str(path), "--dense", "--target", target, "--schedules", str(root),
+                 "-o", str(library)]) == 0
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run_local(library, x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_dense_kernels_are_tuned_over_rpc(dense_pt, tmp_path, capsys):
+    """Meta-schedule's candidates are built here and timed on the device (a host RPC server), and
+    keep-the-better races there too: records measured, decisions made by the rpc runner, compile applies."""
+    from rpc_servers import start_host_servers
+
+    path, model = dense_pt
+    (server,) = start_host_servers(tmp_path / "srv")
+    try:
+        root = tmp_path / "schedules"
+        assert main(["tune", str(path), "--dense", "--kernels", "dense", "--trials", "4", "--rpc", server.address,
+                     "--schedules", str(root)]) == 0
+    finally:
+        server.stop()
+    records = Records(root / "host")
+    measured = [r for r in records.dense_database().get_all_tuning_records() if r.run_secs]
+    assert measured and all(float(s) > 0 for r in measured for s in r.run_secs)
+    assert records.decisions and all(d["runner"].startswith("rpc") and d["agrees"] for d in records.decisions.values())
+    _compiled_matches(path, model, root, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dense_kernels_are_tuned_with_the_count_runner(dense_pt, tmp_path, capsys):
+    """On the emulated aarch64 device, meta-schedule's dense candidates are cross-built here and cost
+    their instruction counts; keep-the-better counts too, and compile for the device applies the records."""
+    from tvm_unify.device.emulator import start_device, stop_device
+    from tvm_unify.device.procs import free_port
+
+    path, _ = dense_pt
+    root = tmp_path / "schedules"
+    state = start_device(free_port(), log=print)
+    try:
+        assert main(["tune", str(path), "--target", "a76", "--runner", "count", "--rpc", f"127.0.0.1:{state.port}",
+                     "--dense", "--kernels", "dense", "--trials", "4", "--schedules", str(root)]) == 0
+    finally:
+        stop_device(state.port)
+    assert "k insn" in capsys.readouterr().out
+    records = Records(root / "a76")
+    measured = [r for r in records.dense_database().get_all_tuning_records() if r.run_secs]
+    assert measured and records.decisions
+    assert all(d["runner"].startswith("count") and d["agrees"] for d in records.decisions.values())
+    assert main(["compile", str(path), "--dense", "--target", "a76", "--schedules", str(root),
+                 "-o", str(tmp_path / "dense-a76.so")]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dense_kernels_are_tuned_with_meta_schedule(dense_pt, tmp_path, capsys):
+    """Meta-schedule's builders import tvm.s_tir.tensor_intrin in every worker; imported the slow way it
+    outlasted the build timeout and every dense candidate failed. Now the trials measure, the records
+    hold them and compile applies the database."""
+    path, model = dense_pt
     root = tmp_path / "schedules"
     assert main(["tune", str(path), "--dense", "--kernels", "dense", "--trials", "4",
                  "--schedules", str(root)]) == 0
@@ -224,9 +289,4 @@ def test_dense_kernels_are_tuned_with_meta_schedule(tmp_path, capsys):
     assert "0 of 0" not in out and "dense" in out
     measured = [r for r in Records(root / "host").dense_database().get_all_tuning_records() if r.run_secs]
     assert measured  # built and timed, not failed
-    library = tmp_path / "dense.so"
-    assert main(["compile", str(path), "--dense", "--schedules", str(root), "-o", str(library)]) == 0
-    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
-    with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(run_local(library, x), ref, rtol=1e-4, atol=1e-4)
+    _compiled_matches(path, model, root, tmp_path)

@@ -1,11 +1,12 @@
 """Keep-the-better: per kernel, whichever is faster of the database's best record and the default
-schedule, each timed alone on the same random inputs, so tuning can never make a kernel slower."""
+schedule, each timed alone on the same random inputs (here, or on the device the kernels were tuned on),
+so tuning can never make a kernel slower."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import tvm
@@ -13,9 +14,13 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 
 from ..schedule import SCHEDULED, ApplyDefaultSchedules
-from .tasks import Task, kernel_tasks
 from .records import workload_hash
+from .tasks import Task, kernel_tasks, random_inputs
+from .units import as_seconds, cost_text
 from .tune import valid_records
+
+if TYPE_CHECKING:
+    from .runners import RemoteRunner
 
 RACE_ROUNDS = 3  # alternating timing rounds per kernel race (min over all of them)
 RACE_REPEATS = 5
@@ -52,12 +57,6 @@ def default_kernel(task_mod: tvm.IRModule, target: tvm.target.Target) -> tirx.Pr
         return ApplyDefaultSchedules()(tvm.IRModule({"main": task_mod["main"]}))["main"]
 
 
-def _random_args(func: tirx.PrimFunc) -> list[tvm.runtime.Tensor]:
-    """Random tensors for every buffer parameter (inputs and outputs) of ``func``."""
-    rng = np.random.default_rng(0)
-    return [tvm.runtime.tensor(rng.standard_normal([int(d) for d in p.shape]).astype(p.dtype)) for p in func.params]
-
-
 def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target
                    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Seconds per call of each version of one kernel, timed alone on the same random inputs in the
@@ -65,7 +64,8 @@ def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target
     other processes cannot decide the race; and each version's output (its last parameter) on them."""
     libs = {label: tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
             for label, f in funcs.items()}
-    inputs = [a.numpy() for a in _random_args(next(iter(funcs.values())))]
+    func = next(iter(funcs.values()))
+    inputs = [*random_inputs(func), np.zeros([int(d) for d in func.params[-1].shape], str(func.params[-1].dtype))]
     outputs = {}
     for label, lib in libs.items():
         args = [tvm.runtime.tensor(a) for a in inputs]
@@ -80,16 +80,36 @@ def kernel_seconds(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target
     return best, outputs
 
 
+def device_costs(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target, device: "RemoteRunner"
+                 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``kernel_seconds`` on a device: each version as a one-kernel model on the same inputs, the minimum
+    over ``RACE_ROUNDS`` alternating rounds of timings (one round of instruction counts: they are exact)."""
+    from .ms_device import build_kernel  # via the runners, it imports the compiler, which imports this package
+
+    builds = {label: build_kernel(f, target) for label, f in funcs.items()}
+    libraries = {label: device.export(executable) for label, (executable, _) in builds.items()}
+    best = dict.fromkeys(funcs, math.inf)
+    outputs = {}
+    for _ in range(1 if device.unit == "instructions" else RACE_ROUNDS):
+        for label, library in libraries.items():
+            measured = device.measure_library(library, builds[label][1], fresh_session=True)
+            best[label] = min(best[label], as_seconds(measured.cost, device.unit))
+            outputs[label] = measured.output
+    return best, outputs
+
+
 def agree(ours: np.ndarray, reference: np.ndarray) -> bool:
     """Whether ``ours`` matches ``reference`` within ``RTOL`` of its largest magnitude."""
     return bool(np.abs(ours - reference).max(initial=0) <= RTOL * max(np.abs(reference).max(initial=0), 1e-30))
 
 
 def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.target.Target,
-                log: Callable[[str], None] = print) -> tuple[tvm.IRModule, list[Race], int]:
+                log: Callable[[str], None] = print, device: "RemoteRunner | None" = None
+                ) -> tuple[tvm.IRModule, list[Race], int]:
     """Install, in every kernel of the prepared module that is not scheduled yet (the unified kernels
-    are), the faster of the database's best record and the default schedule; kernels without a record
-    get the default. Returns the module, the races run and the number of distinct kernels."""
+    are), the faster of the database's best record and the default schedule, raced here or on
+    ``device``; kernels without a record get the default. Returns the module, the races run and the
+    number of distinct kernels."""
     races = []
     tasks = kernel_tasks(mod)
     for task in tasks:
@@ -99,11 +119,13 @@ def keep_better(mod: tvm.IRModule, database: ms.database.Database, target: tvm.t
         schedule = database.query_schedule(task.mod, target, "main")
         if schedule is not None:
             versions["tuned"] = schedule.mod["main"]
-            seconds, outputs = kernel_seconds(versions, target)
+            seconds, outputs = (kernel_seconds(versions, target) if device is None
+                                else device_costs(versions, target, device))
             race = Race(task.name, task.weight, seconds["default"], seconds["tuned"], valid_records(database, task),
                         workload_hash(task.mod), agree(outputs["tuned"], outputs["default"]))
             races.append(race)
-            log(f"    {task.name}: default {race.default * 1e6:.1f} us, tuned {race.tuned * 1e6:.1f} us "
+            unit = device.unit if device else "s"
+            log(f"    {task.name}: default {cost_text(race.default, unit)}, tuned {cost_text(race.tuned, unit)} "
                 f"({race.records} records{'' if race.agrees else ', OUTPUT DIFFERS'}): keep {race.winner}")
             best = versions[race.winner]
         else:

@@ -8,9 +8,9 @@ of its target, with the decisions ``compile`` then applies without timing anythi
   runs out. Both searches commit every measured batch, so a killed run resumes from its records.
 - Unified kernels: the knob search (``search.py``) with the given runner: this machine, a device over
   RPC, or instruction counts on the emulated device.
-- Dense kernels: meta-schedule (evolutionary search, XGBoost) and then keep-the-better, raced here and
-  recorded per kernel (``records.py``). Meta-schedule measures on this machine, so dense kernels are
-  tuned only with the local runner; on a device they keep the default rules (see README, Tuning).
+- Dense kernels: meta-schedule (evolutionary search, XGBoost) and then keep-the-better, recorded per
+  kernel (``records.py``), both measured with the same runner: meta-schedule's own pools here, or
+  ``ms_device``'s builder and runner, which measure on the device (or count its instructions).
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ from ..targets import TargetPreset
 from .budget import TRIALS_PER_ITER, allocate
 from .keep_better import keep_better
 from .records import DENSE_DIR, Records
-from .runners import LocalRunner, Runner
+from .runners import RemoteRunner, Runner
 from .search import UnifiedSearch, describe
 from .tasks import Task, kernel_tasks, tunable
 from .tune import tune_tasks_resumable
+from .units import from_seconds
 
 TRIALS_PER_TASK_UNBOUNDED = 64  # with only a time budget: trials per task the run aims at
 KERNELS = ("all", "unified", "dense")
@@ -102,7 +103,7 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
     records = Records(directory)  # parses what is there first: a corrupt file stops the run before any write
     if kernels not in KERNELS:
         raise UserError(f"unknown kernel kind {kernels!r} (choose from {', '.join(KERNELS)})")
-    tune_dense = isinstance(runner, LocalRunner) and kernels != "unified"
+    tune_dense = kernels != "unified"
     if tune_dense:
         records.dense_database()
     deadline = math.inf if time_budget is None else time.perf_counter() + time_budget
@@ -111,9 +112,6 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
     mod, layers = (imported.mod, []) if dense else _layers(imported, mode, preset, target)
     prepared, tasks = _dense_tasks(mod, target) if tune_dense else (mod, [])
     layers = [] if kernels == "dense" else layers
-    if not tune_dense and kernels == "all":
-        log(f"dense kernels keep their default schedules: meta-schedule measures on this machine, not with "
-            f"the {runner.label} runner")
     work = sorted([(unified_flops(layer), layer) for layer in layers] + [(t.cost, t) for t in tasks],
                   key=lambda pair: -pair[0])
     if not work:
@@ -139,30 +137,33 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
                 rows.append(TaskRow("unified", f"{item.name} ({describe(item)})", cost, 0, unit=runner.unit))
     dense_budget = [(item, n) for (cost, item), n in zip(work, budget) if isinstance(item, Task)]
     if dense_budget:
-        rows += _tune_dense(prepared, dense_budget, records, target, threads, deadline, log, step)
+        rows += _tune_dense(prepared, dense_budget, records, target, threads, deadline, log, step, runner)
     return rows
 
 
 def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records: Records,
                 target: tvm.target.Target, threads: int, deadline: float, log: Callable[[str], None],
-                step: Callable[[int], None]) -> list[TaskRow]:
-    """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel.
-    Meta-schedule's parallelization rules need the target's core count: ``threads``, where it has none."""
+                step: Callable[[int], None], runner: Runner) -> list[TaskRow]:
+    """Meta-schedule on the dense kernels while time lasts, then keep-the-better, recorded per kernel, both
+    measured by ``runner``. Meta-schedule's parallelization rules need the target's core count:
+    ``threads``, where it has none."""
     target = tvm.target.Target({"num-cores": threads, **target.export()})
+    device = runner if isinstance(runner, RemoteRunner) else None
     if time.perf_counter() < deadline:
         tune_tasks_resumable([t for t, _ in budget], [n for _, n in budget], records.dir / DENSE_DIR, target, threads,
-                             log=log)
+                             log=log, device=device)
     step(sum(n for _, n in budget))
     database = records.dense_database()
-    _, races, _ = keep_better(prepared, database, target, log=log)
+    _, races, _ = keep_better(prepared, database, target, log=log, device=device)
     for race in races:
         records.decisions[race.workload] = {"kernel": race.task, "default": race.default, "tuned": race.tuned,
-                                            "keep": race.winner, "agrees": race.agrees}
+                                            "keep": race.winner, "agrees": race.agrees, "runner": runner.label}
     records.save_decisions()
     by_name = {race.task: race for race in races}
     rows = []
     for task, n in budget:
         race = by_name.get(task.name)
-        rows.append(TaskRow("dense", task.name, task.cost, n, race and race.default, race and race.tuned,
-                            bool(race) and race.winner == "tuned"))
+        rows.append(TaskRow("dense", task.name, task.cost, n, race and from_seconds(race.default, runner.unit),
+                            race and from_seconds(race.tuned, runner.unit), bool(race) and race.winner == "tuned",
+                            runner.unit))
     return rows

@@ -55,11 +55,11 @@ def kernel_model(func: tvm.tirx.PrimFunc, arrays: tuple[np.ndarray, ...]) -> tvm
     """``main(x) = func(x, *arrays)``: one kernel with its constant arguments, as a Relax model."""
     x_buf, y_buf = func.params[0], func.params[-1]
     builder = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType([int(d) for d in x_buf.shape], "float32"))
+    x = relax.Var("x", relax.TensorType([int(d) for d in x_buf.shape], str(x_buf.dtype)))
     with builder.function("main", [x]):
         kernel = builder.add_func(func.without_attr("global_symbol"), "kernel")
         y = builder.emit(relax.call_tir(kernel, [x, *(relax.const(a) for a in arrays)],
-                                        relax.TensorType([int(d) for d in y_buf.shape], "float32")))
+                                        relax.TensorType([int(d) for d in y_buf.shape], str(y_buf.dtype))))
         builder.emit_func_output(y)
     return builder.get()
 
@@ -119,8 +119,22 @@ class RemoteRunner:
         self.names = itertools.count()
 
     def measure(self, executable: tvm.runtime.Executable, x: np.ndarray) -> Measurement:
-        library = self.dir / f"candidate{next(self.names)}.so"  # a fresh name: the device caches by name
+        return self.measure_library(self.export(executable), x)
+
+    def export(self, executable: tvm.runtime.Executable, directory: Path | None = None) -> Path:
+        """The candidate as a library for the device, under a fresh name (the device caches by name), in
+        ``directory`` (default: the runner's own)."""
+        library = (directory or self.dir) / f"candidate{next(self.names)}.so"
         export_library(executable, self.preset, library)
+        return library
+
+    def measure_library(self, library: Path, x: np.ndarray, fresh_session: bool = False) -> Measurement:
+        """Cost and output of an exported candidate on input ``x``, within the deadline; with
+        ``fresh_session``, in a new session (a new process on the device), as meta-schedule's own RPC
+        runner does: loading meta-schedule's dense candidates one after another into one server process
+        crashed it in the dynamic loader after six or seven of them (reproduced on a host RPC server)."""
+        if fresh_session:
+            self.session = None
         try:
             return with_deadline(lambda: self._measure(library, x), self.timeout, f"device {self.spec.label}")
         except UserError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tvm import relax, tirx
@@ -76,3 +77,14 @@ def tunable(tasks: list[Task]) -> list[Task]:
     """The tasks worth tuning trials: at least ``MIN_FLOP_SHARE`` of the model's FLOPs."""
     total = sum(t.cost for t in tasks)
     return [t for t in tasks if t.cost >= MIN_FLOP_SHARE * total]
+
+
+def random_inputs(func: tirx.PrimFunc, seed: int = 0) -> list[np.ndarray]:
+    """Random (float) or zero (integer) arrays for every input of ``func`` (all parameters but the last,
+    its output): every version of one kernel is measured on the same ones."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for param in func.params[:-1]:
+        shape, dtype = [int(d) for d in param.shape], str(param.dtype)
+        arrays.append(rng.standard_normal(shape).astype(dtype) if "float" in dtype else np.zeros(shape, dtype))
+    return arrays

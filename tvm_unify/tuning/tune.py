@@ -8,7 +8,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -17,6 +17,9 @@ from tvm.s_tir import meta_schedule as ms
 from .budget import TRIALS_PER_ITER
 from .fast_import import import_tensor_intrinsics
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .runners import RemoteRunner
 
 STATE_FILE = "tuning.json"  # budget, per-task trials and wall time of the tuning runs, next to the database
 SEED = 1  # fixed, for repeatable searches; in the range meta-schedule's own fork_seed draws from (>= 1)
@@ -58,29 +61,39 @@ class SaveWallTime(ms.measure_callback.PyMeasureCallback):
         self.path.write_text(json.dumps(self.state, indent=1))
 
 
+def _measurers(device: "RemoteRunner | None", threads: int) -> tuple[ms.builder.Builder, ms.runner.Runner]:
+    """This machine's builder and runner pools, or candidates built here and measured on ``device``."""
+    if device is not None:
+        from .ms_device import DeviceBuilder, DeviceRunner  # imports the compiler, which imports this package
+
+        return DeviceBuilder(device), DeviceRunner(device)
+    return (ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120, initializer=import_tensor_intrinsics),
+            ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=5, repeat=1, min_repeat_ms=20),
+                                  initializer=import_tensor_intrinsics))
+
+
 def _tune_tasks(tasks: list[Task], trials: list[int], database: ms.database.Database, target: tvm.target.Target,
-                cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int) -> None:
+                cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int,
+                device: "RemoteRunner | None") -> None:
     """Run ``trials`` measured trials in all on ``tasks`` in one meta-schedule session (one builder and
     runner pool: starting them costs minutes on a loaded 2-core machine), up to each task's share;
     the database keeps every measured batch."""
     import_tensor_intrinsics()  # before TuneContext imports it the slow way
+    builder, runner = _measurers(device, threads)
     ms.tune_tasks(
         tasks=[_tune_context(task, target, log_dir, threads) for task in tasks],
         task_weights=[float(n) for n in trials], work_dir=str(log_dir), max_trials_global=sum(trials),
         max_trials_per_task=max(trials), num_trials_per_iter=TRIALS_PER_ITER,
-        builder=ms.builder.LocalBuilder(max_workers=threads, timeout_sec=120, initializer=import_tensor_intrinsics),
-        runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-            number=5, repeat=1, min_repeat_ms=20), initializer=import_tensor_intrinsics),
-        database=database, cost_model=cost_model,
+        builder=builder, runner=runner, database=database, cost_model=cost_model,
         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
 
 
 def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, target: tvm.target.Target,
-                         threads: int, state: dict | None = None,
-                         log: Callable[[str], None] = print) -> ms.database.JSONDatabase:
+                         threads: int, state: dict | None = None, log: Callable[[str], None] = print,
+                         device: "RemoteRunner | None" = None) -> ms.database.JSONDatabase:
     """Give each task its ``budget`` of valid records in the database at ``work_dir``, tuning only what
-    is missing; ``state`` (e.g. the model and budget) is merged into the state file, which accumulates
-    the wall time after every measured batch."""
+    is missing, measured on this machine or on ``device``; ``state`` (e.g. the model and budget) is
+    merged into the state file, which accumulates the wall time after every measured batch."""
     database = open_database(work_dir)
     state_path = work_dir / STATE_FILE
     saved = json.loads(state_path.read_text()) if state_path.exists() else {"wall_seconds": 0.0}
@@ -96,5 +109,5 @@ def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, t
     pending = [(task, m) for task, m in zip(tasks, missing) if m > 0]
     if pending:
         _tune_tasks([t for t, _ in pending], [m for _, m in pending], database, target, cost_model, clock, log_dir,
-                    threads)
+                    threads, device)
     return database
