@@ -10,11 +10,12 @@ Methods, all from the same dense-trained network and with the same epoch budget 
   masked fine-tuning for the whole budget;
 * ``dense``: the reference, the dense network trained on for the same budget (no constraint).
 
-The two big CNNs cost ~40 ms per 32x32 image per training step on one shared core, so they train on a
-fixed subset of digits-rgb with fewer epochs, block 4x4 only and one seed (see ``MODELS``); the budget
-is in the generated markdown.
+The two big CNNs cost ~50 ms per 32x32 image per training step on one core, so they train on 16x16
+digits-rgb images (the same layers and weight shapes; their global pooling takes any input size) with
+fewer epochs than digits-cnn; the budget is in the generated markdown. Every (model, seed) is one job;
+``--jobs`` runs that many at once, one torch thread each.
 
-    python benchmarks/accuracy.py             # writes accuracy.md, accuracy.png and the raw accuracy.json
+    python benchmarks/accuracy.py --jobs 2    # writes accuracy.md, accuracy.png and the raw accuracy.json
     python benchmarks/accuracy.py --render-only
 """
 
@@ -23,9 +24,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -34,12 +36,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import Subset  # noqa: E402
 
+from machine import cpu_name  # noqa: E402
 from tvm_unify.data import Task, load_task  # noqa: E402
 from tvm_unify.models import get_builtin  # noqa: E402
 from tvm_unify.unify.export import unify_metadata  # noqa: E402
-from tvm_unify.unify.pipeline import Schedule, reaching_growth, train_dense, train_unify  # noqa: E402
+from tvm_unify.unify.pipeline import Schedule, train_dense, train_unify  # noqa: E402
 from tvm_unify.unify.spec import UnifyConfig, plan_layers  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -57,14 +59,16 @@ class Setup:
     seeds: int
     dense_epochs: int
     budget: int
-    train_size: int | None = None  # a fixed subset of the training split (None: all of it)
     batch_size: int = 64
+    image_size: int | None = None  # square input side for the training run (None: the built-in's own)
 
 
 MODELS = {
     "digits-cnn": Setup("digits", ((1, 4), (4, 4)), seeds=3, dense_epochs=10, budget=12),
-    "resnet18": Setup("digits-rgb", ((4, 4),), seeds=1, dense_epochs=6, budget=6, train_size=720, batch_size=32),
-    "mobilenetv2": Setup("digits-rgb", ((4, 4),), seeds=1, dense_epochs=6, budget=6, train_size=720, batch_size=32),
+    "resnet18": Setup("digits-rgb", ((1, 4), (4, 4)), seeds=3, dense_epochs=10, budget=6, batch_size=32,
+                      image_size=16),
+    "mobilenetv2": Setup("digits-rgb", ((1, 4), (4, 4)), seeds=3, dense_epochs=10, budget=6, batch_size=32,
+                         image_size=16),
 }
 
 
@@ -90,8 +94,7 @@ def method_setup(method: str, block: tuple[int, int], sparsity: float, setup: Se
     if method == "admm":
         finetune = setup.budget // 3
         rounds = setup.budget - finetune
-        schedule = replace(base, admm_rounds=rounds, finetune_epochs=finetune,
-                           rho_growth=reaching_growth(base.rho, base.rho_max, rounds))
+        schedule = replace(base, admm_rounds=rounds, finetune_epochs=finetune)
         return UnifyConfig(block=block, sparsity=sparsity), schedule
     if method == "dense":  # every block free and none pruned: plain training with the fine-tune schedule
         return UnifyConfig(block=block, sparsity=0.0, unified=0.0), base
@@ -105,15 +108,19 @@ def layer_ratio(model: torch.nn.Module, config: UnifyConfig) -> float:
     return sum(r["dense_bits"] for r in records) / sum(r["storage_bits"] for r in records)
 
 
+def input_shape(name: str, setup: Setup) -> tuple[int, ...]:
+    shape = get_builtin(name).input_shape
+    return shape if setup.image_size is None else (*shape[:-2], setup.image_size, setup.image_size)
+
+
 def task_for(name: str, setup: Setup) -> Task:
-    task = load_task(setup.data, get_builtin(name).input_shape, copies=1)
-    if setup.train_size:
-        task.train = Subset(task.train, range(setup.train_size))
-    return task
+    """One copy of each training digit (1,437 images), drawn at the setup's input size."""
+    return load_task(setup.data, input_shape(name, setup), copies=1)
 
 
 def run_seed(name: str, setup: Setup, seed: int) -> tuple[float, list[Result]]:
-    """One dense network, then the reference and every (method, block, sparsity) from it."""
+    """One dense network, then the reference and every (method, block, sparsity) from it (one torch thread)."""
+    torch.set_num_threads(1)
     builtin = get_builtin(name)
     task = task_for(name, setup)
     torch.manual_seed(seed)
@@ -169,24 +176,25 @@ def find(rows: list[dict], model: str, method: str, block=None, sparsity=None) -
                 and (block is None or r["block"] == block) and (sparsity is None or r["sparsity"] == sparsity))
 
 
-def write_markdown(path: Path, dense: dict[str, list[float]], rows: list[dict], total_s: float, threads: int) -> None:
+def write_markdown(path: Path, dense: dict[str, list[float]], rows: list[dict], total_s: float, jobs: int) -> None:
     s = Schedule()
     lines = [
         "# Accuracy of unified CNNs: ADMM vs one-shot + fine-tune vs magnitude block pruning",
         "",
-        f"Generated by `python benchmarks/accuracy.py --threads {threads}` in one run ({total_s / 60:.1f} min) on "
-        f"{platform.machine()}, {threads} torch thread(s), 2 cores shared with other jobs (times are noisy).",
+        f"Generated by `python benchmarks/accuracy.py --jobs {jobs}` in one run ({total_s / 60:.1f} min) on "
+        f"{cpu_name()}, {jobs} (model, seed) job(s) at a time with one torch thread each (times are noisy).",
         "",
         "Budget per model (each method starts from the same dense network and spends the same epochs after it):",
         "",
-        "| model | data | train images | dense epochs | budget (epochs) | blocks | seeds | dense accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | data | input | train images | dense epochs | budget (epochs) | batch | blocks | seeds | "
+        "dense accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, setup in MODELS.items():
         if name in dense:
-            size = setup.train_size or "all (1,437)"
-            lines.append(f"| {name} | {setup.data} | {size} | {setup.dense_epochs} | {setup.budget} | "
-                         f"{', '.join(f'{b[0]}x{b[1]}' for b in setup.blocks)} | {len(dense[name])} | "
+            shape = "x".join(map(str, input_shape(name, setup)[1:]))
+            lines.append(f"| {name} | {setup.data} | {shape} | 1,437 | {setup.dense_epochs} | {setup.budget} | "
+                         f"{setup.batch_size} | {', '.join(f'{b[0]}x{b[1]}' for b in setup.blocks)} | {len(dense[name])} | "
                          f"{', '.join(f'{a:.2%}' for a in dense[name])} |")
     missing = [name for name in MODELS if name not in dense]
     if missing:
@@ -199,9 +207,9 @@ def write_markdown(path: Path, dense: dict[str, list[float]], rows: list[dict], 
         "masked fine-tune for the rest; `one-shot+ft` = hard projection + masked fine-tune; `magnitude` = block "
         "pruning by block energy, no unification, + masked fine-tune; `dense` = the same budget of plain training "
         "(the reference for `vs dense`). The first and last layers stay dense, depthwise convs are skipped. The big "
-        "CNNs train on the first 720 images of the digits-rgb train split (one random draw per digit) with batch "
-        "32, to fit the run in about an hour on two shared cores; every model is tested on the 360 test digits "
-        "(one digit = 0.28 points).",
+        "CNNs train on 16x16 digits-rgb images (one random draw per train digit; their layers and weight shapes are "
+        "those of the 32x32 built-ins) to fit the run in under two hours on two cores; every model is tested on "
+        "the 360 test digits (one digit = 0.28 points).",
         "",
         "`before proj.` = accuracy after the last ADMM round (for the baselines: the dense start); `projected` = "
         "right after the hard projection (BatchNorm statistics re-estimated); `cost` = before - projected; "
@@ -284,34 +292,67 @@ def plot(path: Path, rows: list[dict]) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_jobs(names: list[str], jobs: int, raw: Path, max_seeds: int | None = None
+             ) -> tuple[dict[str, list[float]], list[Result], float]:
+    """Every (model, seed) of ``names`` (at most ``max_seeds`` seeds each) in ``jobs`` processes, largest
+    models first so the tail is short; the raw JSON is rewritten after each job, so a killed run keeps
+    what finished."""
+    seeds = {name: min(MODELS[name].seeds, max_seeds or MODELS[name].seeds) for name in names}
+    work = sorted(((name, seed) for name in names for seed in range(seeds[name])),
+                  key=lambda job: -sum(p.numel() for p in get_builtin(job[0]).factory().parameters()))
+    start = time.perf_counter()
+    done: dict[tuple[str, int], tuple[float, list[Result]]] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_seed, name, MODELS[name], seed): (name, seed) for name, seed in work}
+        for future in as_completed(futures):
+            done[futures[future]] = future.result()
+            dense, results = _collect(done, names)
+            raw.write_text(json.dumps({"dense_accuracies": dense, "seconds": time.perf_counter() - start,
+                                       "jobs": jobs, "results": [asdict(r) for r in results]}, indent=1))
+    return (*_collect(done, names), time.perf_counter() - start)
+
+
+def _collect(done: dict, names: list[str]) -> tuple[dict[str, list[float]], list[Result]]:
+    """Finished jobs in table order: model as listed, then seed."""
+    dense: dict[str, list[float]] = {}
+    results: list[Result] = []
+    for key in sorted(done, key=lambda k: (names.index(k[0]), k[1])):
+        dense.setdefault(key[0], []).append(done[key][0])
+        results += done[key][1]
+    return dense, results
+
+
+def load_raw(paths: list[Path]) -> tuple[dict[str, list[float]], list[Result], float, int]:
+    """Dense accuracies, results, wall time and jobs of raw files from runs made at the same time: the
+    wall time is the longest run's, the jobs their sum (what shared the cores)."""
+    saved = [json.loads(p.read_text()) for p in paths]
+    dense = {name: accs for s in saved for name, accs in s["dense_accuracies"].items()}
+    results = [Result(**{**r, "block": tuple(r["block"])}) for s in saved for r in s["results"]]
+    return dense, results, max(s["seconds"] for s in saved), sum(s.get("jobs", 1) for s in saved)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on shared cores more threads wait on each other)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(model, seed) jobs at once, one torch thread each (default 1; at most the core count)")
+    parser.add_argument("--seeds", type=int, help="at most this many seeds per model (default: each model's own)")
     parser.add_argument("--out", type=Path, default=HERE / "accuracy.md")
     parser.add_argument("--render-only", action="store_true", help="redo the table and plot from the .json")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="render from these raw files of runs made at the same time (e.g. one per model)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     raw = args.out.with_suffix(".json")
-    if args.render_only:
-        saved = json.loads(raw.read_text())
-        dense, total = saved["dense_accuracies"], saved["seconds"]
-        results = [Result(**{**r, "block": tuple(r["block"])}) for r in saved["results"]]
+    if args.render_only or args.merge:
+        dense, results, total, jobs = load_raw(args.merge or [raw])
+        if args.merge:
+            raw.write_text(json.dumps({"dense_accuracies": dense, "seconds": total, "jobs": jobs,
+                                       "results": [asdict(r) for r in results]}, indent=1))
     else:
-        start = time.perf_counter()
-        dense, results = {}, []
-        for name in args.models.split(","):
-            setup = MODELS[name]
-            for seed in range(setup.seeds):
-                dense_acc, seed_results = run_seed(name, setup, seed)
-                dense.setdefault(name, []).append(dense_acc)
-                results += seed_results
-                total = time.perf_counter() - start
-                raw.write_text(json.dumps({"dense_accuracies": dense, "seconds": total,
-                                           "results": [asdict(r) for r in results]}, indent=1))
+        jobs = args.jobs
+        dense, results, total = run_jobs(args.models.split(","), jobs, raw, args.seeds)
     rows = aggregate(results)
-    write_markdown(args.out, dense, rows, total, args.threads)
+    write_markdown(args.out, dense, rows, total, jobs)
     plot(args.out.with_suffix(".png"), rows)
     print(f"wrote {args.out} and {args.out.with_suffix('.png')} ({total:.0f} s)")
 
