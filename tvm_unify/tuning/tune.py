@@ -5,6 +5,7 @@ keeps what it measured and a re-run tunes only what a task still lacks."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -38,9 +39,25 @@ def valid_records(database: ms.database.Database, task: Task) -> int:
     return len(database.get_top_k(database.commit_workload(task.mod), 1 << 30))
 
 
+def _task_logger(task: Task, log_dir: Path) -> logging.Logger:
+    """The task's search log, written to ``log_dir``. Not meta-schedule's ``get_loggers_from_work_dir``:
+    it reconfigures process-wide logging (``dictConfig``), and its second call in one process failed under
+    pytest's log capture (a handler without a name on meta-schedule's logger)."""
+    logger = logging.getLogger(f"tvm_unify.tuning.{task.name}")
+    for handler in list(logger.handlers):  # an earlier run's file
+        logger.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(log_dir / f"{task.name[:100]}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
 def _tune_context(task: Task, target: tvm.target.Target, log_dir: Path, threads: int) -> ms.TuneContext:
     """A meta-schedule task named after the kernel (so the logs say which kernel they are about)."""
-    logger = ms.logging.get_loggers_from_work_dir(str(log_dir), [task.name])[0]
+    logger = _task_logger(task, log_dir)
     return ms.TuneContext(mod=task.mod, target=target, space_generator="post-order-apply",
                           search_strategy="evolutionary", task_name=task.name, logger=logger, rand_state=SEED,
                           num_threads=threads).clone()
