@@ -225,9 +225,11 @@ def device_errors(device: str, doing: str) -> Iterator[None]:
 
 
 def _is_connection_loss(text: str) -> bool:
+    """Whether a remote failure means the session is gone. A session killed mid-call may also surface as
+    the reply check seeing RPC code 1 (``kShutdown``) where it expected ``kReturn``."""
     markers = ("connection", "Connection", "socket", "Socket", "RPCSessionTimeoutError", "Broken pipe",
                "EOF", "RPCServer", "Remote server", "closed", "kShutdown")
-    return any(m in text for m in markers)
+    return any(m in text for m in markers) or re.search(r"RPCCode::kReturn\) is false: code=1\b", text) is not None
 
 
 def device_info(session: Session) -> dict:
