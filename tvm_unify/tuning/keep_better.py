@@ -16,7 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 from ..schedule import SCHEDULED, ApplyDefaultSchedules
 from .records import workload_hash
 from .tasks import Task, kernel_tasks, random_inputs
-from .units import as_seconds, cost_text
+from .units import cost_text
 from .tune import valid_records
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ def device_costs(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target, dev
                  ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """``kernel_seconds`` on a device: each version as a one-kernel model on the same inputs, the minimum
     over ``RACE_ROUNDS`` alternating rounds of timings (one round of instruction counts: they are exact)."""
-    from .ms_device import build_kernel  # via the runners, it imports the compiler, which imports this package
+    # imported here: through the runners, ms_device imports the compiler, which imports this package
+    from .ms_device import build_kernel, measure_on_device
 
     builds = {label: build_kernel(f, target) for label, f in funcs.items()}
     libraries = {label: device.export(executable) for label, (executable, _) in builds.items()}
@@ -92,9 +93,8 @@ def device_costs(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target, dev
     outputs = {}
     for _ in range(1 if device.unit == "instructions" else RACE_ROUNDS):
         for label, library in libraries.items():
-            measured = device.measure_library(library, builds[label][1], fresh_session=True)
-            best[label] = min(best[label], as_seconds(measured.cost, device.unit))
-            outputs[label] = measured.output
+            seconds, outputs[label] = measure_on_device(device, library, builds[label][1])
+            best[label] = min(best[label], seconds)
     return best, outputs
 
 

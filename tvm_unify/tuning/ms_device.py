@@ -34,6 +34,13 @@ def build_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> tuple[tv
     return tvm.compile(kernel_model(func, tuple(constants)), target=target), x
 
 
+def measure_on_device(runner: RemoteRunner, library: Path, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """An exported candidate's cost on meta-schedule's scale and its output, in a session of its own
+    (``RemoteRunner.measure_library`` says why)."""
+    measured = runner.measure_library(library, x, fresh_session=True)
+    return as_seconds(measured.cost, runner.unit), measured.output
+
+
 @derived_object
 class DeviceBuilder(ms.builder.PyBuilder):
     """Builds each candidate into a library for the device (in this process: a one-kernel model builds in
@@ -71,10 +78,10 @@ class DeviceRunner(ms.runner.PyRunner):
 
     def _run(self, library: Path) -> ms.runner.RunnerResult:
         try:
-            cost = self.runner.measure_library(library, np.load(library.with_suffix(".npy")), fresh_session=True).cost
+            seconds, _ = measure_on_device(self.runner, library, np.load(library.with_suffix(".npy")))
         except Exception as err:  # noqa: BLE001 - recorded as the candidate's error, tuning goes on
             return ms.runner.RunnerResult(None, _last_line(err))
-        return ms.runner.RunnerResult([as_seconds(cost, self.runner.unit)], None)
+        return ms.runner.RunnerResult([seconds], None)
 
 
 @derived_object
