@@ -241,8 +241,7 @@ def count_correlation(results: dict, port: int) -> None:
     from tvm_unify.runtime.rpc import DeviceSpec
     from tvm_unify.targets import load_target
     from tvm_unify.tuning.runners import LocalRunner, RemoteRunner, kernel_model
-    from tvm_unify.tuning.search import describe
-    from tvm_unify.tuning.space import candidates, options_for
+    from tvm_unify.tuning.space import UnifiedTemplate, candidates, options_for
 
     layers = [layer for layer in _layers().values() if layer.name.startswith("layers.")][:COUNT_LAYERS]
     state = start_device(port or free_port(), log=print)
@@ -262,7 +261,7 @@ def count_correlation(results: dict, port: int) -> None:
                 model = kernel_model(func, weight.arrays)
                 count = counter.measure(tvm.compile(model, target=codegen_target(a76)), x).cost
                 seconds = local.measure(tvm.compile(model, target=host), x).cost
-                points.append({"layer": f"{layer.name} ({describe(layer)})", "knobs": knobs, "count": count,
+                points.append({"layer": f"{layer.name} ({UnifiedTemplate(layer).describe()})", "knobs": knobs, "count": count,
                                "seconds": seconds})
                 print(points[-1], flush=True)
     finally:

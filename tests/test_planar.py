@@ -16,7 +16,7 @@ from tvm import relax
 
 from tvm_unify.kernels import Affine, Clip
 from tvm_unify.kernels.common import Conv2dGeometry
-from tvm_unify.kernels.planar import MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, planar_conv2d, row_vector, supports
+from tvm_unify.kernels.planar import MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, ROWS, planar_conv2d, row_vector, supports
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.passes import LowerPlanarConv2d
@@ -43,8 +43,9 @@ def planar_cases(draw):
     return g, c_in if depthwise else 1, draw(st.integers(0, 999))
 
 
-def run_planar(g: Conv2dGeometry, groups: int, x: np.ndarray, w: np.ndarray, lanes: int, epilogue=()) -> np.ndarray:
-    lib = tvm.compile(planar_conv2d(g, groups, lanes, epilogue), target=tvm.target.Target({"kind": "llvm"}))
+def run_planar(g: Conv2dGeometry, groups: int, x: np.ndarray, w: np.ndarray, lanes: int, epilogue=(),
+               rows: int = ROWS) -> np.ndarray:
+    lib = tvm.compile(planar_conv2d(g, groups, lanes, epilogue, rows), target=tvm.target.Target({"kind": "llvm"}))
     operands = [o for step in epilogue for o in step.operands()]
     y = tvm.runtime.tensor(np.zeros((g.batch, g.out_channels, *g.out_hw), dtype=np.float32))
     lib(*[tvm.runtime.tensor(a) for a in (x, w.reshape(g.out_channels, -1), *operands)], y)
@@ -52,8 +53,10 @@ def run_planar(g: Conv2dGeometry, groups: int, x: np.ndarray, w: np.ndarray, lan
 
 
 @settings(max_examples=16, deadline=None)
-@given(case=planar_cases(), lanes=st.sampled_from([4, 16]))
-def test_kernel_matches_pytorch(case, lanes):
+@given(case=planar_cases(), lanes=st.sampled_from([4, 16]), rows=st.sampled_from([1, 2, 3, 4]))
+def test_kernel_matches_pytorch(case, lanes, rows):
+    """Every knob: the vector lanes, and output rows per step (3 leaves a last step that overlaps its
+    neighbour on most heights; a step taller than the output is clamped)."""
     g, groups, seed = case
     assert supports(g, groups)
     rng = np.random.default_rng(seed)
@@ -62,7 +65,7 @@ def test_kernel_matches_pytorch(case, lanes):
     pt, pl, pb, pr = g.padding
     padded = torch.nn.functional.pad(torch.from_numpy(x), (pl, pr, pt, pb))
     ref = torch.nn.functional.conv2d(padded, torch.from_numpy(w), stride=g.stride, groups=groups).numpy()
-    assert_matches(run_planar(g, groups, x, w, lanes), ref, rtol=1e-5)
+    assert_matches(run_planar(g, groups, x, w, lanes, rows=rows), ref, rtol=1e-5)
 
 
 def test_kernel_applies_its_epilogue():

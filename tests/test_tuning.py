@@ -1,6 +1,7 @@
 """``tvm-unify tune``: records written and resumed, ``compile`` applying them, unified-kernel knobs that
-change the kernel but not its output, one-line errors for corrupt records, dense kernels tuned over RPC,
-and (slow) tuning with the count runner over RPC on the emulated aarch64 device."""
+change the kernel but not its output, planar convs tuned and applied, one-line errors for corrupt
+records, dense kernels tuned over RPC, and (slow) tuning with the count runner over RPC on the emulated
+aarch64 device."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
 from tvm_unify.frontend import import_torchscript
 from tvm_unify.kernels import CpuFeatures, regenerate
+from tvm_unify.kernels.planar import OP as PLANAR
 from tvm_unify.kernels.recipe import recipe_of
+from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.runtime.local import run_local
 from tvm_unify.targets import load_target
 from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model, unify_model
@@ -116,6 +119,34 @@ def test_corrupt_dense_records_give_one_line_and_no_library(digits_pt, tmp_path,
     err = cli_error(capsys, ["compile", str(digits_pt), "--dense", "-o", str(output), "--schedules", str(root)])
     assert "corrupt tuning records" in err and str(workloads.parent) in err
     assert not output.exists()
+
+
+def test_planar_convs_are_tuned_and_compile_applies_them(tmp_path, capsys):
+    """A dense net with an RGB stem and a depthwise conv (both planar kernels): ``--kernels planar``
+    measures and checks their knobs; a decision away from the defaults is applied by compile (report says
+    tuned) and the model still computes what PyTorch does."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6())
+    save_torchscript(calibrate_batchnorm(net, (1, 3, 12, 12)), tmp_path / "m.pt", (1, 3, 12, 12))
+    root = tmp_path / "schedules"
+    assert main(["tune", str(tmp_path / "m.pt"), "--dense", "--kernels", "planar", "--trials", "16",
+                 "--schedules", str(root)]) == 0
+    records = Records(root / "host")
+    planar = {e["shape"]: e for e in records.unified.values() if e["op"] == PLANAR}
+    assert sorted(planar) == ["depthwise conv2d 8->8 3x3/1 @12x12", "groups=1 conv2d 3->8 3x3/1 @12x12"]
+    assert all(e["trials"] and all(t["cost"] for t in e["trials"]) for e in planar.values())
+    depthwise = planar["depthwise conv2d 8->8 3x3/1 @12x12"]
+    depthwise["decision"] = {"knobs": {"lanes": 4, "rows": 1}, "cost": 1.0, "default": 2.0}
+    records.save_unified()
+    so = tmp_path / "tuned.so"
+    assert main(["compile", str(tmp_path / "m.pt"), "--dense", "-o", str(so), "--schedules", str(root)]) == 0
+    lines = [line.split(maxsplit=1) for line in capsys.readouterr().out.splitlines()]
+    assert ["tuned", "planar depthwise conv2d 8->8 3x3/1 @12x12"] in lines
+    assert ["default", "planar groups=1 conv2d 3->8 3x3/1 @12x12"] in lines
+    imported = import_torchscript(tmp_path / "m.pt")
+    x = np.random.default_rng(1).standard_normal(imported.input_shape).astype("float32")
+    assert_matches(run_local(so, x), torch_reference(imported, x))
 
 
 def test_a_layer_of_the_same_shape_gets_the_recorded_knobs(digits_pt, tmp_path):

@@ -173,11 +173,14 @@ def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | 
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
     used: dict[str, str] = {}
-    tuned = None
+    tuned = chooser = None
     if records is not None:
+        chooser = RecordChooser(records)
+
         def tuned(prepared: tvm.IRModule) -> None:
             used.update(install_dense(prepared, records, codegen_target(preset)))
-    executable = build(mod, preset, tuned, timings)
+    executable = build(mod, preset, tuned, timings, chooser and chooser.planar)
+    used.update(chooser.used if chooser else {})
     if emit_source is not None:
         emit_sources(executable, emit_source)
     start = time.perf_counter()

@@ -28,6 +28,7 @@ from tvm.s_tir import dlight as dl
 from .errors import UserError
 from .passes import (FoldConstantsNumpy, FuseUnifiedEpilogue, GenerateDeferredKernels, KeepScheduledOpaque,
                      LowerPlanarConv2d)
+from .kernels.planar import PlanarConv
 from .runtime.opencl_setup import ensure_opencl_runtime
 from .schedule import ApplyDefaultSchedules
 from .targets import TargetPreset
@@ -37,15 +38,18 @@ from .targets import TargetPreset
 CONV_LAYOUT = {"relax.nn.conv2d": ["NCHW", "HWIO"]}
 
 
-def prepare_passes(fuse_epilogues: bool = True) -> list[tvm.transform.Pass]:
+PlanarChooser = Callable[[PlanarConv], PlanarConv]
+
+
+def prepare_passes(fuse_epilogues: bool = True, planar: PlanarChooser | None = None) -> list[tvm.transform.Pass]:
     """Relax passes that put the graph in the form the rules expect, then legalize and fuse.
 
     ``fuse_epilogues=False`` leaves the ops after unified kernels as separate kernels (to measure or
-    test what the fusion changes)."""
+    test what the fusion changes); ``planar`` picks the planar kernels' knobs (``LowerPlanarConv2d``)."""
     return [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
-        LowerPlanarConv2d(),  # CPU targets; before the layout conversion, which would transpose its weights
+        LowerPlanarConv2d(planar),  # CPU targets; before the layout conversion, which would transpose its weights
         relax.transform.ConvertLayout(CONV_LAYOUT),
         FoldConstantsNumpy(),
         *([FuseUnifiedEpilogue()] if fuse_epilogues else []),
@@ -70,12 +74,14 @@ def is_gpu(target: tvm.target.Target) -> bool:
 
 
 def schedule_default(mod: tvm.IRModule, target: tvm.target.Target, fuse_epilogues: bool = True,
-                     tuned: Callable[[tvm.IRModule], None] | None = None) -> tvm.IRModule:
+                     tuned: Callable[[tvm.IRModule], None] | None = None,
+                     planar: PlanarChooser | None = None) -> tvm.IRModule:
     """Legalize, fuse and schedule every not-yet-scheduled PrimFunc of ``mod`` for ``target``: the CPU
     rules, or for OpenCL dlight's GPU rules, after which every kernel must be thread-bound. ``tuned``
-    first installs tuning records in the prepared module (``tuning.install_dense``)."""
+    first installs tuning records in the prepared module (``tuning.install_dense``); ``planar`` picks
+    the planar kernels' knobs (``tuning.RecordChooser.planar``)."""
     with target:
-        mod = tvm.transform.Sequential(prepare_passes(fuse_epilogues))(mod)
+        mod = tvm.transform.Sequential(prepare_passes(fuse_epilogues, planar))(mod)
         if tuned is not None:
             tuned(mod)
         if not is_gpu(target):
@@ -112,9 +118,9 @@ def codegen_target(preset: TargetPreset) -> tvm.target.Target:
 
 
 def build(mod: tvm.IRModule, preset: TargetPreset, tuned: Callable[[tvm.IRModule], None] | None = None,
-          timings: dict[str, float] | None = None) -> tvm.runtime.Executable:
-    """Schedule the dense layers (``tuned`` records first, see ``schedule_default``, then the default
-    rules of the preset's device), then lower and generate code for ``preset``; ``timings`` receives
+          timings: dict[str, float] | None = None, planar: PlanarChooser | None = None) -> tvm.runtime.Executable:
+    """Schedule the dense layers (``tuned`` and ``planar`` records first, see ``schedule_default``, then the
+    default rules of the preset's device), then lower and generate code for ``preset``; ``timings`` receives
     the seconds of both stages (``kernels + schedule``: the graph passes, which generate the hand-written
     kernels with their epilogues, and the rules; ``codegen``).
 
@@ -126,7 +132,7 @@ def build(mod: tvm.IRModule, preset: TargetPreset, tuned: Callable[[tvm.IRModule
     timings = {} if timings is None else timings
     with target:
         start = time.perf_counter()
-        mod = schedule_default(mod, target, tuned=tuned)
+        mod = schedule_default(mod, target, tuned=tuned, planar=planar)
         timings["kernels + schedule"] = time.perf_counter() - start
         start = time.perf_counter()
         executable = tvm.compile(mod, target=target,

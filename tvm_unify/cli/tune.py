@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 
 RUNNERS = ("local", "rpc", "count")
+KERNELS = ("all", "unified", "planar", "dense")  # tuning.model.KERNELS, without importing TVM for --help
 
 
 def _runner(args: argparse.Namespace, preset):
@@ -94,8 +95,9 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 def register(sub: "argparse._SubParsersAction") -> None:
     """Add ``tune`` to the CLI."""
-    p = sub.add_parser("tune", help="tune a model's kernels (unified knob search + meta-schedule for dense "
-                                    "kernels, XGBoost cost models) into tuning records compile uses")
+    p = sub.add_parser("tune", help="tune a model's kernels (knob search for unified and planar kernels + "
+                                    "meta-schedule for dense kernels, XGBoost cost models) into tuning records "
+                                    "compile uses")
     p.add_argument("model", help="TorchScript file (.pt)")
     p.add_argument("--target", default="host", help="preset name or target .json (default: host)")
     budget = p.add_mutually_exclusive_group(required=True)
@@ -115,7 +117,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="seconds a remote measurement may take before it fails (a hung device; default 60)")
     p.add_argument("--mode", choices=["fp32", "int8"], default="fp32", help="numerics of the unified kernels")
     p.add_argument("--dense", action="store_true", help="tune the plain model (no unified kernels)")
-    p.add_argument("--kernels", choices=["all", "unified", "dense"], default="all",
-                   help="which kernels get trials (default: all; meta-schedule on dense kernels is the slow part)")
+    p.add_argument("--kernels", choices=KERNELS, default="all",
+                   help="which kernels get trials: unified layers, planar (depthwise and stem) convs, dense "
+                        "kernels (default: all; meta-schedule on dense kernels is the slow part)")
     p.add_argument("--threads", type=int, default=2, help="meta-schedule builder/runner threads (default 2)")
     p.set_defaults(func=_cmd_tune)

@@ -13,17 +13,20 @@ phases (column ``j`` of phase ``q`` holds padded column ``stride * j + q``), so 
 output row is a contiguous vector load whatever the stride. A depthwise conv copies its channel's plane
 inside the channel's parallel task (nothing else reads it); a conv with few input channels stages all
 of them first, then each parallel task computes output rows of every channel, reading the same few
-input rows. Each output row is accumulated in
-registers: ``taps`` broadcast weights times row vectors of ``lanes`` outputs. A row whose width is not
-a multiple of the vector is covered by overlapping vectors (the last one ends at the row's end), so no
-lane is ever masked, and the epilogue (BatchNorm, ReLU6...) is applied at the store like the unified
-kernels' (``epilogue.py``).
+input rows. Output rows are accumulated in registers, ``rows`` at a time: ``taps`` broadcast weights
+times row vectors of ``lanes`` outputs (each weight is broadcast once for the step's rows, and their
+input rows overlap, so they stay in L1). These two are the kernel's knobs (``PlanarConv``), which
+tuning searches (``tuning/planar_space.py``). A row whose width is not a multiple of the vector is
+covered by overlapping vectors (the last one ends at the row's end), and likewise the last step of rows
+overlaps its neighbour, so no lane is ever masked, nor any loop tail generated. The epilogue
+(BatchNorm, ReLU6...) is applied at the store like the unified kernels' (``epilogue.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import tvm
@@ -43,6 +46,10 @@ MAX_SHARED_PLANES = 4
 # Column strides the staging splits into phases (``stage`` writes phases 0 and 1): MobileNet-style nets
 # use 1 and 2; a wider stride would leave a phase unwritten.
 MAX_COLUMN_STRIDE = 2
+# Output rows per step of an untuned kernel. Measured on MobileNetV2's planar convs at 32x32 (AMD EPYC,
+# AVX2): 2 rows run them 1.09x faster in all than 1 (up to 1.2x on stride-1 planes 16 or 32 wide, never
+# slower); 4 rows spill the accumulators of wide rows (0.85x). Tuning searches 1, 2 and 4.
+ROWS = 2
 
 
 def row_vector(width: int, lanes: int) -> tuple[int, int]:
@@ -62,18 +69,55 @@ def supports(g: Conv2dGeometry, groups: int) -> bool:
             and g.out_hw[1] >= MIN_OUTPUT_WIDTH)
 
 
-def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+@dataclass(frozen=True)
+class PlanarConv:
+    """One planar conv kernel: its geometry and ``groups`` (the workload) and its knobs, the vector
+    ``lanes`` of an output row and the output ``rows`` computed per step."""
+
+    geometry: Conv2dGeometry
+    groups: int
+    lanes: int
+    rows: int = ROWS
+
+    @property
+    def key(self) -> str:
+        """The workload (what tuning records are keyed by): op, geometry and groups, not the knobs."""
+        text = json.dumps([OP, asdict(self.geometry), self.groups], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """E.g. ``depthwise 3x3/2 conv2d 144->144 @32x32``."""
+        g = self.geometry
+        kind = "depthwise" if self.groups == g.in_channels == g.out_channels else f"groups={self.groups}"
+        return (f"{kind} conv2d {g.in_channels}->{g.out_channels} {g.kernel[0]}x{g.kernel[1]}/{g.stride[0]} "
+                f"@{g.height}x{g.width}")
+
+    def with_knobs(self, lanes: int, rows: int) -> PlanarConv:
+        """The same workload with other knobs, clamped to what the kernel really uses (the vector fits
+        an output row, the step fits the output's height), so equal kernels compare equal."""
+        oh, ow = self.geometry.out_hw
+        return replace(self, lanes=row_vector(ow, lanes)[0], rows=min(rows, oh))
+
+    def kernel(self, epilogue: Sequence[Step] = ()) -> tvm.tirx.PrimFunc:
+        return planar_conv2d(self.geometry, self.groups, self.lanes, epilogue, self.rows)
+
+
+def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence[Step] = (),
+                  rows: int = ROWS) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x, w, *epilogue operands, y)`` of a planar conv of geometry ``g`` and ``groups``
     (``supports``) with weights ``w`` of shape ``[out_channels, planes * kh * kw]``, where ``planes`` =
-    ``in_channels / groups`` are the input planes each output channel reads."""
+    ``in_channels / groups`` are the input planes each output channel reads; ``lanes`` and ``rows`` are
+    its knobs (``PlanarConv``)."""
     n, c_in, h, w, c_out = g.batch, g.in_channels, g.height, g.width, g.out_channels
     (kh, kw), (sh, sw) = g.kernel, g.stride
     pt, pl, pb, pr = g.padding
     oh, ow = g.out_hw
-    rows, phase_cols = h + pt + pb, -(-(w + pl + pr) // sw)
+    padded_rows, phase_cols = h + pt + pb, -(-(w + pl + pr) // sw)
     planes, per_group = c_in // groups, c_out // groups
     private = groups == c_in == c_out  # depthwise: each plane has one reader, which stages it
     vl, vectors = row_vector(ow, lanes)
+    rs = min(rows, oh)  # output rows per step
+    steps = -(-oh // rs)
     y_shape = (n, c_out, oh, ow)
     params, decls, finish = bind_epilogue(epilogue, c_out, y_shape, y_shape)
 
@@ -85,7 +129,7 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
     @T.macro
     def stage_phase(x, scratch, plane, image, channel, q, first_col, cols):
         """Phase ``q`` of ``scratch[plane]``: border rows and columns zeroed, the input copied in."""
-        for r in range(rows):
+        for r in range(padded_rows):
             if r < pt or r >= pt + h:
                 for j in T.vectorized(phase_cols):
                     scratch[plane, q, r, j] = T.float32(0)
@@ -105,22 +149,28 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
             stage_phase(x, scratch, plane, image, channel, 1, first[1], count[1])
 
     @T.macro
-    def output_row(weight, y, scratch, plane0, image, channel, r, acc):
-        """Output row ``r`` of plane (image, channel) from ``planes`` staged planes starting at ``plane0``."""
-        for u in T.unroll(vectors):
-            for v in T.vectorized(vl):
-                acc[u, v] = T.float32(0)
+    def output_row(weight, y, scratch, plane0, image, channel, step, acc):
+        """``rs`` output rows from ``step * rs`` (the last step overlaps its neighbour) of plane (image,
+        channel) from ``planes`` staged planes starting at ``plane0``."""
+        for t in T.unroll(rs):
+            for u in T.unroll(vectors):
+                for v in T.vectorized(vl):
+                    acc[t, u, v] = T.float32(0)
         for p in T.unroll(planes):
             for i in T.unroll(kh):
                 for j in T.unroll(kw):
-                    for u in T.unroll(vectors):
-                        for v in T.vectorized(vl):
-                            acc[u, v] = acc[u, v] + weight[channel, (p * kh + i) * kw + j] * scratch[
-                                plane0 + p, j % sw, r * sh + i, T.min(u * vl, ow - vl) + j // sw + v]
-        for u in T.unroll(vectors):
-            for v in T.vectorized(vl):
-                y[image, channel, r, T.min(u * vl, ow - vl) + v] = finish(
-                    acc[u, v], channel, (image, channel, r, T.min(u * vl, ow - vl) + v))
+                    for t in T.unroll(rs):
+                        for u in T.unroll(vectors):
+                            for v in T.vectorized(vl):
+                                acc[t, u, v] = acc[t, u, v] + weight[channel, (p * kh + i) * kw + j] * scratch[
+                                    plane0 + p, j % sw, (T.min(step * rs, oh - rs) + t) * sh + i,
+                                    T.min(u * vl, ow - vl) + j // sw + v]
+        for t in T.unroll(rs):
+            for u in T.unroll(vectors):
+                for v in T.vectorized(vl):
+                    y[image, channel, T.min(step * rs, oh - rs) + t, T.min(u * vl, ow - vl) + v] = finish(
+                        acc[t, u, v], channel,
+                        (image, channel, T.min(step * rs, oh - rs) + t, T.min(u * vl, ow - vl) + v))
 
     @T.prim_func(check_well_formed=False)  # the epilogue parameters are added after parsing
     def kernel(x: T.Buffer((n, c_in, h, w), "float32"), weight: T.Buffer((c_out, planes * kh * kw), "float32"),
@@ -128,28 +178,28 @@ def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         if private:
             for task in T.parallel(n * c_out):
-                scratch = T.decl_buffer((1, sw, rows, phase_cols), "float32")
-                acc = T.decl_buffer((vectors, vl), "float32")
+                scratch = T.decl_buffer((1, sw, padded_rows, phase_cols), "float32")
+                acc = T.decl_buffer((rs, vectors, vl), "float32")
                 stage(x, scratch, 0, task // c_out, task % c_out)
-                for r in range(oh):
+                for r in range(steps):
                     output_row(weight, y, scratch, 0, task // c_out, task % c_out, r, acc)
         else:
-            shared = T.decl_buffer((n * c_in, sw, rows, phase_cols), "float32")
+            shared = T.decl_buffer((n * c_in, sw, padded_rows, phase_cols), "float32")
             for plane in T.parallel(n * c_in):
                 stage(x, shared, plane, plane // c_in, plane % c_in)
             # tasks over output rows, every output channel of a row in turn: the few input rows it reads
             # stay in L1 (tasks over channels each streamed all input planes through the cache)
-            for task in T.parallel(n * oh):
-                acc = T.decl_buffer((vectors, vl), "float32")
+            for task in T.parallel(n * steps):
+                acc = T.decl_buffer((rs, vectors, vl), "float32")
                 for channel in range(c_out):
-                    output_row(weight, y, shared, task // oh * c_in + channel // per_group * planes, task // oh,
-                               channel, task % oh, acc)
+                    output_row(weight, y, shared, task // steps * c_in + channel // per_group * planes,
+                               task // steps, channel, task % steps, acc)
 
-    recipe = {"op": OP, "algorithm": OP, "geometry": asdict(g), "groups": groups, "lanes": lanes, "mode": "fp32",
-              "ell_args": [1], "epilogue": [step.describe() for step in epilogue]}
+    recipe = {"op": OP, "algorithm": OP, "geometry": asdict(g), "groups": groups, "lanes": lanes, "rows": rs,
+              "mode": "fp32", "ell_args": [1], "epilogue": [step.describe() for step in epilogue]}
     return with_params(kernel, params, decls).with_attr(RECIPE_ATTR, json.dumps(recipe))
 
 
 def regenerate_planar(recipe: dict, epilogue: Sequence[Step]) -> tvm.tirx.PrimFunc:
     """The kernel ``recipe`` describes, with ``epilogue`` instead of its own."""
-    return planar_conv2d(geometry_of(recipe), recipe["groups"], recipe["lanes"], epilogue)
+    return planar_conv2d(geometry_of(recipe), recipe["groups"], recipe["lanes"], epilogue, recipe["rows"])

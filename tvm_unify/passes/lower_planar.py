@@ -8,10 +8,13 @@ or groups=1 with at most four input channels; no dilation; output rows wide enou
 other conv stays a Relax op for the default rules. Layers of one geometry share a kernel (the weights
 are call arguments). The pass runs for LLVM CPU targets only (the current target), before the layout
 conversion, and the epilogue fusion then folds BatchNorm and ReLU6 into the kernel's store as it does
-for unified kernels (``fuse_epilogue.py``).
+for unified kernels (``fuse_epilogue.py``). ``choose`` may change each kernel's knobs (tuning records,
+``tuning/apply.py``) or collect the workloads (the tuner).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import tvm
@@ -20,7 +23,7 @@ from tvm.ir.transform import PassContext, module_pass
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 from ..kernels.common import Conv2dGeometry
-from ..kernels.planar import planar_conv2d, supports
+from ..kernels.planar import PlanarConv, supports
 from ..schedule.common import is_cpu, vector_lanes
 from .shapes import CONV2D_LAYOUTS, conv2d_geometry, conv2d_layouts, static_tensor_shape
 
@@ -39,10 +42,12 @@ def planar_geometry(call: relax.Call, x: relax.Expr, weight: np.ndarray) -> Conv
 @module_pass(opt_level=0, name="LowerPlanarConv2d")
 class LowerPlanarConv2d:
     """Lower planar conv2d layers with constant weights to ``kernels/planar.py`` kernels (CPU targets; on
-    any other target, or with none current, the module is returned unchanged). After the pass has run,
-    ``lowered`` counts the rewritten calls."""
+    any other target, or with none current, the module is returned unchanged), with the knobs ``choose``
+    returns for the untuned ``PlanarConv`` (None: the untuned ones). After the pass has run, ``lowered``
+    counts the rewritten calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, choose: Callable[[PlanarConv], PlanarConv] | None = None) -> None:
+        self.choose = choose
         self.x = wildcard()
         self.weight = is_const()
         self.conv2d = is_op("relax.nn.conv2d")(self.x, self.weight)
@@ -55,20 +60,20 @@ class LowerPlanarConv2d:
             return mod
         lanes = vector_lanes(target)
         builder = relax.BlockBuilder(mod)
-        kernels: dict[tuple[Conv2dGeometry, int], tvm.ir.GlobalVar] = {}
+        kernels: dict[PlanarConv, tvm.ir.GlobalVar] = {}
 
         def rewriter(expr: relax.Expr, matches) -> relax.Expr:
             weight = matches[self.weight].value.numpy()
             g = planar_geometry(matches[self.conv2d], matches[self.x], weight)
             if g is None:
                 return expr
-            key = (g, int(matches[self.conv2d].attrs.groups))
-            if key not in kernels:
-                kernels[key] = builder.add_func(planar_conv2d(*key, lanes).without_attr("global_symbol"),
-                                                "planar_conv2d")
+            conv = PlanarConv(g, int(matches[self.conv2d].attrs.groups), lanes)
+            conv = conv if self.choose is None else self.choose(conv)
+            if conv not in kernels:
+                kernels[conv] = builder.add_func(conv.kernel().without_attr("global_symbol"), "planar_conv2d")
             self.lowered += 1
             taps = relax.const(np.ascontiguousarray(weight.reshape(g.out_channels, -1)))
-            return relax.call_tir(kernels[key], [matches[self.x], taps], expr.ty)
+            return relax.call_tir(kernels[conv], [matches[self.x], taps], expr.ty)
 
         for gvar, func in mod.functions.items():
             if isinstance(func, relax.Function) and not func.attrs.get("Primitive", False):

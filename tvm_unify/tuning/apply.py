@@ -1,13 +1,15 @@
-"""Tuning records at compile time: the unified layers get their accepted knobs (``RecordChooser``, the
-``choose`` hook of ``LowerUnifiedBlocks``), the dense kernels whose tune-time race the tuned schedule
-won get that schedule from the database (``install_dense``); everything else keeps its default. Nothing
-is timed here: the decisions were made when tuning."""
+"""Tuning records at compile time: the unified layers and the planar convs get their accepted knobs
+(``RecordChooser``, the ``choose`` hooks of ``LowerUnifiedBlocks`` and ``LowerPlanarConv2d``), the dense
+kernels whose tune-time race the tuned schedule won get that schedule from the database
+(``install_dense``); everything else keeps its default. Nothing is timed here: the decisions were made
+when tuning."""
 
 from __future__ import annotations
 
 import tvm
 
 from ..kernels import KernelOptions
+from ..kernels.planar import PlanarConv
 from ..kernels.unified import UnifiedLayer
 from ..schedule import is_scheduled
 from .keep_better import install
@@ -19,8 +21,8 @@ from .tasks import kernel_tasks
 class RecordChooser:
     """Options per unified layer from ``records``: the decision of its workload, else (another model's
     layer of the same shapes: knobs depend on the shapes far more than on which blocks survived) the
-    best decision among workloads of the same shape. ``used`` says per layer ``tuned``, ``tuned
-    (shape)`` or ``default``."""
+    best decision among workloads of the same shape; knobs per planar conv (``planar``). ``used`` says
+    per layer or planar kernel ``tuned``, ``tuned (shape)`` or ``default``."""
 
     def __init__(self, records: Records) -> None:
         self.records = records
@@ -39,6 +41,12 @@ class RecordChooser:
             decision = self.by_shape[layer.shape_key]
             self.used[layer.name] = "tuned (shape)"
         return options_for(layer, decision["knobs"]) if decision else layer.options
+
+    def planar(self, conv: PlanarConv) -> PlanarConv:
+        """``conv`` with its workload's decided knobs, if any."""
+        decision = self.records.unified.get(conv.key, {}).get("decision")
+        self.used[f"planar {conv.describe()}"] = "tuned" if decision else "default"
+        return conv.with_knobs(**decision["knobs"]) if decision else conv
 
 
 def _gain(decision: dict) -> float:

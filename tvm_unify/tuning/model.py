@@ -1,13 +1,14 @@
-"""The ``tune`` verb: every kernel of a compiled model, unified and dense, tuned into the records folder
-of its target, with the decisions ``compile`` then applies without timing anything.
+"""The ``tune`` verb: every kernel of a compiled model, unified, planar and dense, tuned into the records
+folder of its target, with the decisions ``compile`` then applies without timing anything.
 
 - Tasks: the unified layers as ``LowerUnifiedBlocks`` generates them for the target (one workload per
-  layer: the block pattern is part of the key), and the dense kernels of the prepared module that carry
-  at least ``MIN_FLOP_SHARE`` of its FLOPs. The trial budget is split over all of them by FLOPs x
+  layer: the block pattern is part of the key), the planar convs as ``LowerPlanarConv2d`` generates them
+  (one workload per geometry), and the dense kernels of the prepared module that carry at least
+  ``MIN_FLOP_SHARE`` of its FLOPs. The trial budget is split over all of them by FLOPs x
   occurrences (``budget.allocate``); ``time_budget`` instead stops starting new batches/tasks when it
   runs out. Both searches commit every measured batch, so a killed run resumes from its records.
-- Unified kernels: the knob search (``search.py``) with the given runner: this machine, a device over
-  RPC, or instruction counts on the emulated device.
+- Unified and planar kernels: the knob search (``search.py``) with the given runner: this machine, a
+  device over RPC, or instruction counts on the emulated device.
 - Dense kernels: meta-schedule (evolutionary search, XGBoost) and then keep-the-better, recorded per
   kernel (``records.py``), both measured with the same runner: meta-schedule's own pools here, or
   ``ms_device``'s builder and runner, which measure on the device (or count its instructions).
@@ -28,6 +29,7 @@ from ..compiler import lower_unified
 from ..errors import UserError
 from ..frontend import import_torchscript
 from ..kernels import cpu_features
+from ..kernels.planar import PlanarConv
 from ..kernels.unified import UnifiedLayer
 from ..pipeline import codegen_target, prepare_passes
 from ..schedule import is_scheduled
@@ -36,19 +38,21 @@ from .budget import TRIALS_PER_ITER, allocate
 from .keep_better import keep_better
 from .records import DENSE_DIR, Records
 from .runners import RemoteRunner, Runner
-from .search import UnifiedSearch, describe
+from .planar_space import PlanarTemplate
+from .search import Template, TemplateSearch
+from .space import UnifiedTemplate
 from .tasks import Task, kernel_tasks, tunable
 from .tune import tune_tasks_resumable
 from .units import from_seconds
 
 TRIALS_PER_TASK_UNBOUNDED = 64  # with only a time budget: trials per task the run aims at
-KERNELS = ("all", "unified", "dense")
+KERNELS = ("all", "unified", "planar", "dense")
 
 
 @dataclass
 class TaskRow:
-    """One line of the tune table: a unified layer or a dense kernel, its work, trials and costs (in
-    ``unit``; None where nothing was measured) and whether the tuned version is kept."""
+    """One line of the tune table: a unified layer, a planar conv or a dense kernel, its work, trials and
+    costs (in ``unit``; None where nothing was measured) and whether the tuned version is kept."""
 
     kind: str
     name: str
@@ -64,13 +68,8 @@ class TaskRow:
         return self.default / self.best if self.default and self.best else None
 
 
-def unified_flops(layer: UnifiedLayer) -> float:
-    """Multiply-adds x 2 the layer's kept blocks compute."""
-    return 2.0 * float(layer.ell.counts.sum()) * layer.ell.rows * layer.ell.cols * layer.columns
-
-
-def _layers(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
-            ) -> tuple[tvm.IRModule, list[UnifiedLayer]]:
+def _unified(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
+             ) -> tuple[tvm.IRModule, list[UnifiedTemplate]]:
     """The lowered module and its unified layers (distinct workloads), with their untuned options."""
     layers: dict[str, UnifiedLayer] = {}
 
@@ -79,15 +78,22 @@ def _layers(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
         return layer.options
 
     mod, _ = lower_unified(imported, mode, tasks=preset.cores, target=target, choose=collect)
-    return mod, list(layers.values())
+    return mod, [UnifiedTemplate(layer) for layer in layers.values()]
 
 
-def _dense_tasks(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[Task]]:
-    """The prepared module and its unscheduled kernels worth tuning (the unified ones are scheduled)."""
+def _prepared(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[Task], list[PlanarTemplate]]:
+    """The prepared module, its unscheduled kernels worth tuning (the unified and planar ones are
+    scheduled) and its planar convs (distinct workloads, with their untuned knobs and call counts)."""
+    planar: dict[PlanarConv, int] = {}
+
+    def collect(conv: PlanarConv) -> PlanarConv:
+        planar[conv] = planar.get(conv, 0) + 1
+        return conv
+
     with target:
-        prepared = tvm.transform.Sequential(prepare_passes())(mod)
+        prepared = tvm.transform.Sequential(prepare_passes(planar=collect))(mod)
     tasks = [t for t in kernel_tasks(prepared) if not is_scheduled(prepared[t.gvars[0]])]
-    return prepared, tunable(tasks)
+    return prepared, tunable(tasks), [PlanarTemplate(conv, calls) for conv, calls in planar.items()]
 
 
 def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, runner: Runner,
@@ -95,27 +101,25 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
                dense: bool = False, threads: int = 2, log: Callable[[str], None] = print,
                progress: Callable[[int, int], None] = lambda done, total: None, kernels: str = "all"
                ) -> list[TaskRow]:
-    """Tune ``model``'s kernels (``kernels``: all, unified or dense ones) for ``preset`` into the records in
-    ``directory`` (the target's folder) with ``trials`` trials in all, or for ``time_budget`` seconds;
-    returns the table rows."""
+    """Tune ``model``'s kernels (``kernels``: all, or the unified, planar or dense ones) for ``preset`` into
+    the records in ``directory`` (the target's folder) with ``trials`` trials in all, or for ``time_budget``
+    seconds; returns the table rows."""
     if trials is None and time_budget is None:
         raise UserError("give --trials N or --time-budget SECONDS")
     records = Records(directory)  # parses what is there first: a corrupt file stops the run before any write
     if kernels not in KERNELS:
         raise UserError(f"unknown kernel kind {kernels!r} (choose from {', '.join(KERNELS)})")
-    tune_dense = kernels != "unified"
-    if tune_dense:
+    if kernels in ("all", "dense"):
         records.dense_database()
     deadline = math.inf if time_budget is None else time.perf_counter() + time_budget
     target = codegen_target(preset)
     imported = import_torchscript(model)
-    mod, layers = (imported.mod, []) if dense else _layers(imported, mode, preset, target)
-    prepared, tasks = _dense_tasks(mod, target) if tune_dense else (mod, [])
-    layers = [] if kernels == "dense" else layers
-    work = sorted([(unified_flops(layer), layer) for layer in layers] + [(t.cost, t) for t in tasks],
-                  key=lambda pair: -pair[0])
+    mod, unified = (imported.mod, []) if dense else _unified(imported, mode, preset, target)
+    prepared, tasks, planar = (mod, [], []) if kernels == "unified" else _prepared(mod, target)
+    chosen = {"all": [*unified, *planar, *tasks], "unified": unified, "planar": planar, "dense": tasks}[kernels]
+    work = sorted([(item.cost, item) for item in chosen], key=lambda pair: -pair[0])
     if not work:
-        raise UserError(f"{model} has no kernel to tune for {preset.name}")
+        raise UserError(f"{model} has no {'' if kernels == 'all' else kernels + ' '}kernel to tune for {preset.name}")
     total = trials if trials is not None else TRIALS_PER_TASK_UNBOUNDED * len(work)
     budget = allocate([cost for cost, _ in work], total, min(total, TRIALS_PER_ITER))
     done = 0
@@ -125,20 +129,26 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
         done += count
         progress(done, sum(budget))
 
-    search = UnifiedSearch(records, runner, target, cpu_features(target), log, lambda n: step(n))
+    search = TemplateSearch(records, runner, target, cpu_features(target), log, lambda n: step(n))
     rows: list[TaskRow] = []
     for (cost, item), n in zip(work, budget):
-        if isinstance(item, UnifiedLayer):
-            if n and time.perf_counter() < deadline:
-                out = search.tune(item, n, deadline)
-                rows.append(TaskRow("unified", f"{item.name} ({describe(item)})", cost, out.trials, out.default,
-                                    out.best, out.tuned, runner.unit))
-            else:
-                rows.append(TaskRow("unified", f"{item.name} ({describe(item)})", cost, 0, unit=runner.unit))
+        if not isinstance(item, Task):
+            rows.append(_tune_template(search, item, cost, n, deadline, runner.unit))
     dense_budget = [(item, n) for (cost, item), n in zip(work, budget) if isinstance(item, Task)]
     if dense_budget:
         rows += _tune_dense(prepared, dense_budget, records, target, threads, deadline, log, step, runner)
     return rows
+
+
+def _tune_template(search: TemplateSearch, template: Template, cost: float, trials: int, deadline: float,
+                   unit: str) -> TaskRow:
+    """The knob search on one unified layer or planar conv (nothing if its budget or the time is out)."""
+    kind = "planar" if isinstance(template, PlanarTemplate) else "unified"
+    name = f"{template.name} ({template.describe()})"
+    if not trials or time.perf_counter() >= deadline:
+        return TaskRow(kind, name, cost, 0, unit=unit)
+    out = search.tune(template, trials, deadline)
+    return TaskRow(kind, name, cost, out.trials, out.default, out.best, out.tuned, unit)
 
 
 def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records: Records,

@@ -1,5 +1,5 @@
-"""The search space of a unified kernel: knob combinations of its ``KernelOptions``, and the features
-the cost model reads.
+"""The search space of a unified kernel: knob combinations of its ``KernelOptions``, the features the
+cost model reads, and ``UnifiedTemplate``, the layer as the knob search (``search.py``) sees it.
 
 Unified kernels are hand-written templates (``kernels/``), not schedules meta-schedule can rewrite, so
 the tuner searches their knobs instead: the algorithm (table lookups or sign-apply in fp32, the int8
@@ -14,8 +14,11 @@ same tile) are folded, so every candidate is a distinct kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import product
+
+import numpy as np
+import tvm
 
 from ..kernels import KernelOptions, pick_lanes
 from ..kernels.common import tile_lanes
@@ -26,6 +29,8 @@ LANES = (4, 8, 16, 32)
 TASKS = (1, 2, 4, 8)
 ROW_TASKS = (4, 8, 16, 32)
 GROUPS = (1, 2, 3, 4)
+FP32_RTOL = 1e-4  # max abs difference from the default kernel's output, relative to its largest value
+INT8_RTOL = 1e-2  # int8 variants differ by the rounding of their rescales (sdot's row-scale grid)
 Knobs = dict[str, object]  # algorithm, lanes, tasks, row_tasks, max_groups
 
 
@@ -111,3 +116,69 @@ def features(layer: UnifiedLayer, knobs: Knobs) -> list[float]:
             float(algorithm == "lut"), float(algorithm == "direct"), float(algorithm in DOT_ALGORITHMS),
             math.log2(lanes), math.log2(tiles), math.log2(tasks), math.log2(max(tiles, tasks)),
             float(len(grouped.groups)), math.log2(max(slots, 1))]
+
+
+@dataclass(frozen=True)
+class UnifiedTemplate:
+    """A unified layer as a template of the knob search (``search.Template``): one workload per layer,
+    keyed by its block pattern too."""
+
+    layer: UnifiedLayer
+    kind = "unified"
+
+    @property
+    def key(self) -> str:
+        return self.layer.key
+
+    @property
+    def shape_key(self) -> str:
+        return self.layer.shape_key
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def op(self) -> str:
+        return self.layer.op
+
+    @property
+    def tolerance(self) -> float:
+        """The int8 kernels agree within int8 rounding of the rescale, not bit for bit."""
+        return FP32_RTOL if self.layer.options.mode == "fp32" else INT8_RTOL
+
+    @property
+    def cost(self) -> float:
+        """Multiply-adds x 2 the layer's kept blocks compute (each layer is its own workload)."""
+        ell = self.layer.ell
+        return 2.0 * float(ell.counts.sum()) * ell.rows * ell.cols * self.layer.columns
+
+    def describe(self) -> str:
+        """One line of shapes for the records and the table, e.g. ``conv2d 64->128 3x3/2 @16x16, 4x4 blocks``."""
+        layer = self.layer
+        block = f"{layer.ell.rows}x{layer.ell.cols} blocks, {layer.options.mode}"
+        if layer.op == "conv2d":
+            g = layer.dims
+            return (f"conv2d {g.in_channels}->{g.out_channels} {g.kernel[0]}x{g.kernel[1]}/{g.stride[0]} "
+                    f"@{g.height}x{g.width}, {block}")
+        batch, k, n = layer.dims
+        return f"linear {k}->{n} x{batch}, {block}"
+
+    def x_shape(self) -> tuple[int, ...]:
+        if self.layer.op == "conv2d":
+            g = self.layer.dims
+            return (g.batch, g.in_channels, g.height, g.width)
+        return (self.layer.dims[0], self.layer.dims[1])
+
+    def default_knobs(self) -> Knobs:
+        return normalized(self.layer, knobs_of(self.layer.options))
+
+    def candidates(self, cpu: CpuFeatures, parallel: bool) -> list[Knobs]:
+        return candidates(self.layer, cpu, parallel)
+
+    def features(self, knobs: Knobs) -> list[float]:
+        return features(self.layer, knobs)
+
+    def kernel(self, knobs: Knobs) -> tuple[tvm.tirx.PrimFunc, tuple[np.ndarray, ...]]:
+        func, weight = self.layer.kernel(options_for(self.layer, knobs))
+        return func, weight.arrays
