@@ -8,7 +8,9 @@
   after each: latency against trials and tuning wall time. Its records became the shipped ones.
 - ``--measure``: per model, untuned (``--no-schedules``) vs tuned (the records) builds, timed
   interleaved on this host (minimum over rounds: the machine is shared); the XGBoost cost model's
-  quality on the recorded unified candidates (leave-one-workload-out top-k recall vs random picks).
+  quality on the recorded unified candidates (leave-one-workload-out top-k recall vs random picks); and
+  the knob spaces' ceiling per unified model: its unified and planar kernels summed at their defaults
+  vs at the fastest candidate the records measured for each.
 - ``--count``: on the emulated aarch64 device, the instruction counts of the candidates of a few
   ResNet-18 layers against their host timings (one thread), as a Spearman rank correlation: how well
   the count runner's proxy ranks kernels.
@@ -229,6 +231,43 @@ def cost_model_quality(results: dict) -> None:
     print(results["cost_model"], flush=True)
 
 
+def knob_ceiling(results: dict) -> None:
+    """Per unified built-in, from the shipped host records: its unified and planar kernels' summed cost
+    (calls per inference counted) at their defaults and at the fastest candidate measured for each, and
+    how much of each space was measured. The fastest of many noisy measurements is biased low, so the
+    ratio overstates what any choice of these knobs could gain: an upper bound for tuning them."""
+    from tvm_unify.frontend import import_torchscript
+    from tvm_unify.kernels import cpu_features
+    from tvm_unify.pipeline import codegen_target
+    from tvm_unify.targets import load_target
+    from tvm_unify.tuning.model import prepared_kernels, unified_templates
+    from tvm_unify.tuning.records import Records
+
+    records = Records(SCHEDULES / "host").unified
+    preset = load_target("host")
+    target = codegen_target(preset)
+    rows = {}
+    for label, path in model_files(OUT).items():
+        if "unified" not in label:
+            continue
+        mod, unified = unified_templates(import_torchscript(path), "fp32", preset, target)
+        templates = [*unified, *prepared_kernels(mod, target)[2]]
+        row = {"default": 0.0, "best": 0.0, "measured": 0, "space": 0, "missing": 0}
+        for template in templates:
+            entry = records.get(template.key, {})
+            if "default" not in entry:
+                row["missing"] += 1
+                continue
+            costs = [t["cost"] for t in entry["trials"] if t.get("cost")]
+            row["default"] += template.calls * entry["default"]
+            row["best"] += template.calls * min([entry["default"], *costs])
+            row["measured"] += len(costs)
+            row["space"] += len(template.candidates(cpu_features(target), True)) - 1
+        rows[label] = {**row, "kernels": len(templates)}
+        print(label, rows[label], flush=True)
+    results["ceiling"] = rows
+
+
 def count_correlation(results: dict, port: int) -> None:
     """Instruction counts on the emulated device vs host seconds (1 thread) of the same candidates."""
     import tvm
@@ -343,6 +382,21 @@ def write_report(results: dict) -> None:
                   "|---|---|---|---|---|",
                   f"| {quality['k']} | {quality['xgboost_recall']:.2f} | {quality['random_recall']:.2f} | "
                   f"{quality['xgboost_best_in_top_k']:.2f} | {quality['random_best_in_top_k']:.2f} |"]
+    ceiling = results.get("ceiling")
+    if ceiling:
+        lines += ["", "## Ceiling of the knob spaces (unified and planar kernels)", "",
+                  ("Per unified built-in, each unified and planar kernel's cost from the records (measured alone, "
+                   "calls per inference counted), summed at the untuned knobs and at the fastest candidate measured "
+                   "for it: the most that choosing these kernels' knobs could save. It is an upper bound (the "
+                   "minimum over many noisy measurements is biased low) and covers kernel time only, not the VM's "
+                   "calls and allocations."), "",
+                  "| model | kernels | candidates measured / space | default sum us | best sum us | ceiling |",
+                  "|---|---|---|---|---|---|"]
+        for label, row in ceiling.items():
+            missing = f" ({row['missing']} without records)" if row["missing"] else ""
+            lines.append(f"| {label} | {row['kernels']}{missing} | {row['measured']} / {row['space']} | "
+                         f"{row['default'] * 1e6:.0f} | {row['best'] * 1e6:.0f} | "
+                         f"{row['default'] / row['best']:.2f}x |")
     count = results.get("count")
     if count:
         lines += ["", "## Count runner: instruction counts vs host time of the same candidates", "",
@@ -413,7 +467,7 @@ def main() -> None:
                         help="tune from nothing to each of these budgets in turn, racing after each")
     parser.add_argument("--trials", type=int, default=400, help="trials per model (--tune)")
     parser.add_argument("--models", nargs="+", help="with --tune or --sweep: only these, e.g. 'resnet18 dense'")
-    parser.add_argument("--kernels", default="all", choices=["all", "unified", "dense"], help="with --tune")
+    parser.add_argument("--kernels", default="all", choices=["all", "unified", "planar", "dense"], help="with --tune")
     parser.add_argument("--port", type=int, default=0, help="emulated device port (--count; default: a free one)")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", "2")
@@ -432,6 +486,7 @@ def main() -> None:
         latency(results)
         results["load"] = f"{os.getloadavg()[0]:.1f}"
         cost_model_quality(results)
+        knob_ceiling(results)
         save_results(results)
     write_report(results)
     print("wrote benchmarks/tuning.md, benchmarks/tuning.png", file=sys.stderr)

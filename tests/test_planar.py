@@ -16,7 +16,7 @@ from tvm import relax
 
 from tvm_unify.kernels import Affine, Clip
 from tvm_unify.kernels.common import Conv2dGeometry
-from tvm_unify.kernels.planar import MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, ROWS, planar_conv2d, row_vector, supports
+from tvm_unify.kernels.planar import MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, planar_conv2d, row_vector, supports
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.passes import LowerPlanarConv2d
@@ -44,7 +44,7 @@ def planar_cases(draw):
 
 
 def run_planar(g: Conv2dGeometry, groups: int, x: np.ndarray, w: np.ndarray, lanes: int, epilogue=(),
-               rows: int = ROWS) -> np.ndarray:
+               rows: int = 1) -> np.ndarray:
     lib = tvm.compile(planar_conv2d(g, groups, lanes, epilogue, rows), target=tvm.target.Target({"kind": "llvm"}))
     operands = [o for step in epilogue for o in step.operands()]
     y = tvm.runtime.tensor(np.zeros((g.batch, g.out_channels, *g.out_hw), dtype=np.float32))

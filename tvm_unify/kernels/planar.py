@@ -46,10 +46,13 @@ MAX_SHARED_PLANES = 4
 # Column strides the staging splits into phases (``stage`` writes phases 0 and 1): MobileNet-style nets
 # use 1 and 2; a wider stride would leave a phase unwritten.
 MAX_COLUMN_STRIDE = 2
-# Output rows per step of an untuned kernel. Measured on MobileNetV2's planar convs at 32x32 (AMD EPYC,
-# AVX2): 2 rows run them 1.09x faster in all than 1 (up to 1.2x on stride-1 planes 16 or 32 wide, never
-# slower); 4 rows spill the accumulators of wide rows (0.85x). Tuning searches 1, 2 and 4.
+# Output rows per step of an untuned kernel, where their accumulators (rows x vectors per row, one
+# register each) number at most ``MAX_ACCUMULATORS``; else 1. Measured on MobileNetV2's planar convs at
+# 32x32 (AMD EPYC, AVX2): 2 rows run them 1.09x faster in all than 1 (up to 1.2x on stride-1 planes 16 or
+# 32 wide, never slower); 4 rows of 4 vectors (16 accumulators, all of AVX2's registers) spill: 0.85x.
+# Tuning searches 1, 2 and 4.
 ROWS = 2
+MAX_ACCUMULATORS = 8
 
 
 def row_vector(width: int, lanes: int) -> tuple[int, int]:
@@ -69,15 +72,27 @@ def supports(g: Conv2dGeometry, groups: int) -> bool:
             and g.out_hw[1] >= MIN_OUTPUT_WIDTH)
 
 
+def default_rows(g: Conv2dGeometry, lanes: int) -> int:
+    """Output rows per step of the untuned kernel (``ROWS``, or 1 where their accumulators would not
+    fit in ``MAX_ACCUMULATORS`` registers)."""
+    oh, ow = g.out_hw
+    return min(ROWS, oh) if ROWS * row_vector(ow, lanes)[1] <= MAX_ACCUMULATORS else 1
+
+
 @dataclass(frozen=True)
 class PlanarConv:
     """One planar conv kernel: its geometry and ``groups`` (the workload) and its knobs, the vector
-    ``lanes`` of an output row and the output ``rows`` computed per step."""
+    ``lanes`` of an output row and the output ``rows`` computed per step (``untuned`` picks both)."""
 
     geometry: Conv2dGeometry
     groups: int
     lanes: int
-    rows: int = ROWS
+    rows: int
+
+    @classmethod
+    def untuned(cls, g: Conv2dGeometry, groups: int, lanes: int) -> PlanarConv:
+        """The default kernel for a target of ``lanes``-wide vectors."""
+        return cls(g, groups, row_vector(g.out_hw[1], lanes)[0], default_rows(g, lanes))
 
     @property
     def key(self) -> str:
@@ -103,7 +118,7 @@ class PlanarConv:
 
 
 def planar_conv2d(g: Conv2dGeometry, groups: int, lanes: int, epilogue: Sequence[Step] = (),
-                  rows: int = ROWS) -> tvm.tirx.PrimFunc:
+                  rows: int = 1) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(x, w, *epilogue operands, y)`` of a planar conv of geometry ``g`` and ``groups``
     (``supports``) with weights ``w`` of shape ``[out_channels, planes * kh * kw]``, where ``planes`` =
     ``in_channels / groups`` are the input planes each output channel reads; ``lanes`` and ``rows`` are

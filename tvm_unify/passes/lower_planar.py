@@ -67,7 +67,7 @@ class LowerPlanarConv2d:
             g = planar_geometry(matches[self.conv2d], matches[self.x], weight)
             if g is None:
                 return expr
-            conv = PlanarConv(g, int(matches[self.conv2d].attrs.groups), lanes)
+            conv = PlanarConv.untuned(g, int(matches[self.conv2d].attrs.groups), lanes)
             conv = conv if self.choose is None else self.choose(conv)
             if conv not in kernels:
                 kernels[conv] = builder.add_func(conv.kernel().without_attr("global_symbol"), "planar_conv2d")

@@ -68,8 +68,8 @@ class TaskRow:
         return self.default / self.best if self.default and self.best else None
 
 
-def _unified(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
-             ) -> tuple[tvm.IRModule, list[UnifiedTemplate]]:
+def unified_templates(imported, mode: str, preset: TargetPreset, target: tvm.target.Target
+                      ) -> tuple[tvm.IRModule, list[UnifiedTemplate]]:
     """The lowered module and its unified layers (distinct workloads), with their untuned options."""
     layers: dict[str, UnifiedLayer] = {}
 
@@ -81,7 +81,8 @@ def _unified(imported, mode: str, preset: TargetPreset, target: tvm.target.Targe
     return mod, [UnifiedTemplate(layer) for layer in layers.values()]
 
 
-def _prepared(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, list[Task], list[PlanarTemplate]]:
+def prepared_kernels(mod: tvm.IRModule, target: tvm.target.Target
+                     ) -> tuple[tvm.IRModule, list[Task], list[PlanarTemplate]]:
     """The prepared module, its unscheduled kernels worth tuning (the unified and planar ones are
     scheduled) and its planar convs (distinct workloads, with their untuned knobs and call counts)."""
     planar: dict[PlanarConv, int] = {}
@@ -114,8 +115,8 @@ def tune_model(model: str | os.PathLike, preset: TargetPreset, directory: Path, 
     deadline = math.inf if time_budget is None else time.perf_counter() + time_budget
     target = codegen_target(preset)
     imported = import_torchscript(model)
-    mod, unified = (imported.mod, []) if dense else _unified(imported, mode, preset, target)
-    prepared, tasks, planar = (mod, [], []) if kernels == "unified" else _prepared(mod, target)
+    mod, unified = (imported.mod, []) if dense else unified_templates(imported, mode, preset, target)
+    prepared, tasks, planar = (mod, [], []) if kernels == "unified" else prepared_kernels(mod, target)
     chosen = {"all": [*unified, *planar, *tasks], "unified": unified, "planar": planar, "dense": tasks}[kernels]
     work = sorted([(item.cost, item) for item in chosen], key=lambda pair: -pair[0])
     if not work:

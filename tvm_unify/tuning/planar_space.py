@@ -27,11 +27,11 @@ SEED = 0
 
 @dataclass(frozen=True)
 class PlanarTemplate:
-    """A planar conv kernel as a template of the knob search (``search.Template``); ``weight`` is how
-    many calls per inference run it."""
+    """A planar conv kernel as a template of the knob search (``search.Template``); ``calls``: how many
+    layers of the model run it."""
 
     conv: PlanarConv
-    weight: int = 1
+    calls: int = 1
     kind = OP
     op = OP
     tolerance = FP32_RTOL
@@ -46,7 +46,7 @@ class PlanarTemplate:
 
     @property
     def name(self) -> str:
-        return f"planar x{self.weight}"
+        return f"planar x{self.calls}"
 
     @property
     def cost(self) -> float:
@@ -54,7 +54,7 @@ class PlanarTemplate:
         g = self.conv.geometry
         oh, ow = g.out_hw
         planes = g.in_channels // self.conv.groups
-        return 2.0 * self.weight * g.batch * g.out_channels * oh * ow * planes * math.prod(g.kernel)
+        return 2.0 * self.calls * g.batch * g.out_channels * oh * ow * planes * math.prod(g.kernel)
 
     def describe(self) -> str:
         return self.conv.describe()

@@ -49,8 +49,8 @@ SEED = 0
 class Template(Protocol):
     """A hand-written kernel whose knobs the search tunes (``space.UnifiedTemplate``,
     ``planar_space.PlanarTemplate``): a workload ``key`` (and ``shape_key``, the workload without what
-    does not change the kernel's speed), the table's ``name`` and ``describe()``, its ``cost`` (FLOPs x
-    calls per inference, what the trial budget is split by), and its knob space."""
+    does not change the kernel's speed), the table's ``name`` and ``describe()``, its ``calls`` per
+    inference and their ``cost`` (FLOPs, what the trial budget is split by), and its knob space."""
 
     kind: str  # templates of one kind share a cost model
     key: str
@@ -58,6 +58,7 @@ class Template(Protocol):
     name: str
     op: str
     tolerance: float  # max abs difference from the default's output, relative to its largest value
+    calls: int
     cost: float
 
     def describe(self) -> str: ...

@@ -125,6 +125,7 @@ class UnifiedTemplate:
 
     layer: UnifiedLayer
     kind = "unified"
+    calls = 1  # each layer is its own workload
 
     @property
     def key(self) -> str:
@@ -149,7 +150,7 @@ class UnifiedTemplate:
 
     @property
     def cost(self) -> float:
-        """Multiply-adds x 2 the layer's kept blocks compute (each layer is its own workload)."""
+        """Multiply-adds x 2 the layer's kept blocks compute."""
         ell = self.layer.ell
         return 2.0 * float(ell.counts.sum()) * ell.rows * ell.cols * self.layer.columns
 
