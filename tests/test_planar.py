@@ -1,5 +1,6 @@
 """The planar conv kernel (``kernels/planar.py``: depthwise convs, convs with few input channels) against
-PyTorch over random shapes, groups, strides and paddings, with and without an epilogue; the pass that
+PyTorch over random shapes, groups, strides, paddings and knobs (lanes, rows per step), with and without
+an epilogue; the untuned knobs; the pass that
 lowers such layers (``LowerPlanarConv2d``) in a compiled model, with BatchNorm and ReLU6 fused into its
 store; convs it must leave alone."""
 
@@ -16,7 +17,8 @@ from tvm import relax
 
 from tvm_unify.kernels import Affine, Clip
 from tvm_unify.kernels.common import Conv2dGeometry
-from tvm_unify.kernels.planar import MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, planar_conv2d, row_vector, supports
+from tvm_unify.kernels.planar import (MAX_ACCUMULATORS, MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, PlanarConv,
+                                      planar_conv2d, row_vector, supports)
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.models.calibration import calibrate_batchnorm
 from tvm_unify.passes import LowerPlanarConv2d
@@ -87,6 +89,18 @@ def test_kernel_applies_its_epilogue():
 def test_rows_are_covered_by_whole_vectors(width, lanes, expected):
     vl, count = row_vector(width, lanes)
     assert (vl, count) == expected and vl * count >= width and vl <= width
+
+
+@pytest.mark.parametrize("width, height, lanes, rows", [(32, 32, 8, 2), (32, 32, 4, 1), (112, 112, 8, 1),
+                                                        (16, 16, 4, 2), (8, 1, 8, 1)])
+def test_untuned_kernels_take_two_rows_while_their_accumulators_fit(width, height, lanes, rows):
+    """Two output rows per step where 2 x vectors per row fit in ``MAX_ACCUMULATORS`` registers (a 32-wide
+    row is 4 vectors of 8 lanes: 8 accumulators; of 4 lanes: 16, which would spill), never more rows
+    than the output has."""
+    g = Conv2dGeometry(1, 8, height + 2, width + 2, 8, (3, 3))
+    conv = PlanarConv.untuned(g, 8, lanes)
+    assert conv.rows == rows and recipe_of(conv.kernel())["rows"] == rows
+    assert rows == 1 or rows * row_vector(width, conv.lanes)[1] <= MAX_ACCUMULATORS
 
 
 class StemAndDepthwise(nn.Module):
