@@ -1,8 +1,7 @@
 """The planar conv kernel (``kernels/planar.py``: depthwise convs, convs with few input channels) against
 PyTorch over random shapes, groups, strides, paddings and knobs (lanes, rows per step), with and without
-an epilogue; the untuned knobs; the pass that
-lowers such layers (``LowerPlanarConv2d``) in a compiled model, with BatchNorm and ReLU6 fused into its
-store; convs it must leave alone."""
+an epilogue; the untuned knobs; the pass that lowers such layers (``LowerPlanarConv2d``) in a compiled
+model, with BatchNorm and ReLU6 fused into its store; convs it must leave alone."""
 
 from __future__ import annotations
 
