@@ -26,7 +26,8 @@ from tvm_unify.runtime.local import run_local
 from tvm_unify.targets import load_target
 from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unified_model, unify_model
 from tvm_unify.torchscript import save_torchscript
-from tvm_unify.tuning.model import tune_model
+from tvm_unify.tuning.budget import TRIALS_PER_ITER
+from tvm_unify.tuning.model import TRIALS_PER_TASK_UNBOUNDED, tune_model
 from tvm_unify.tuning.records import DENSE_DIR, UNIFIED_FILE, Records, shipped_root
 from tvm_unify.tuning.runners import LocalRunner
 from tvm_unify.tuning.apply import RecordChooser
@@ -279,6 +280,27 @@ def test_dense_kernels_are_tuned_over_rpc(dense_pt, tmp_path, capsys):
     assert measured and all(float(s) > 0 for r in measured for s in r.run_secs)
     assert records.decisions and all(d["runner"].startswith("rpc") and d["agrees"] for d in records.decisions.values())
     _compiled_matches(path, model, root, tmp_path)
+
+
+def test_a_time_budget_stops_meta_schedule_after_a_batch(dense_pt, tmp_path):
+    """``--time-budget`` bounds the dense kernels' search too: meta-schedule counts trials only (with no
+    ``--trials``, 64 per kernel: hours on a device), so its session ends at the first batch measured after
+    the deadline, what it measured is kept, and keep-the-better still decides."""
+    from rpc_servers import start_host_servers
+
+    path, _ = dense_pt
+    (server,) = start_host_servers(tmp_path / "srv")
+    try:
+        root = tmp_path / "schedules"
+        assert main(["tune", str(path), "--dense", "--kernels", "dense", "--time-budget", "1", "--rpc",
+                     server.address, "--schedules", str(root)]) == 0
+    finally:
+        server.stop()
+    records = Records(root / "host")
+    measured = [r for r in records.dense_database().get_all_tuning_records() if r.run_secs]
+    kernels = 2  # the fixture's tunable kernels, each would get TRIALS_PER_TASK_UNBOUNDED trials
+    assert 0 < len(measured) <= TRIALS_PER_ITER * kernels < TRIALS_PER_TASK_UNBOUNDED * kernels
+    assert records.decisions
 
 
 @pytest.mark.slow

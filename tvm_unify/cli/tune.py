@@ -104,7 +104,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     budget.add_argument("--trials", type=int, help="measured candidates in all, split over the kernels by "
                                                    "FLOPs x occurrences")
     budget.add_argument("--time-budget", type=float, metavar="SECONDS",
-                        help="tune until this many seconds have passed (resumable like --trials)")
+                        help="tune until this many seconds have passed: no new batch starts after that, and "
+                             "meta-schedule stops at its first batch measured after it (resumable like --trials)")
     p.add_argument("--schedules", default="schedules", metavar="DIR",
                    help="records root: writes DIR/<target>/ (default: ./schedules; compile --schedules DIR uses it)")
     p.add_argument("--runner", choices=RUNNERS,

@@ -162,7 +162,7 @@ def _tune_dense(prepared: tvm.IRModule, budget: list[tuple[Task, int]], records:
     device = runner if isinstance(runner, RemoteRunner) else None
     if time.perf_counter() < deadline:
         tune_tasks_resumable([t for t, _ in budget], [n for _, n in budget], records.dir / DENSE_DIR, target, threads,
-                             log=log, device=device)
+                             log=log, device=device, deadline=deadline)
     step(sum(n for _, n in budget))
     database = records.dense_database()
     _, races, _ = keep_better(prepared, database, target, log=log, device=device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -78,6 +79,26 @@ class SaveWallTime(ms.measure_callback.PyMeasureCallback):
         self.path.write_text(json.dumps(self.state, indent=1))
 
 
+class TimeUp(Exception):
+    """The time budget ran out (raised by ``StopAt`` to end a meta-schedule session)."""
+
+
+@derived_object
+class StopAt(ms.measure_callback.PyMeasureCallback):
+    """Ends the tuning session at the first measured batch that completes after ``deadline``
+    (``time.perf_counter``). Meta-schedule's budgets are trial counts only, so a time budget stops it by
+    raising from this callback, which runs after the batch was committed to the database."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False  # TVM's FFI hands the exception back as a bare RuntimeError: this tells them apart
+
+    def apply(self, *_batch) -> None:
+        if time.perf_counter() >= self.deadline:
+            self.fired = True
+            raise TimeUp
+
+
 def _measurers(device: "RemoteRunner | None", threads: int) -> tuple[ms.builder.Builder, ms.runner.Runner]:
     """This machine's builder and runner pools, or candidates built here and measured on ``device``."""
     if device is not None:
@@ -91,26 +112,33 @@ def _measurers(device: "RemoteRunner | None", threads: int) -> tuple[ms.builder.
 
 def _tune_tasks(tasks: list[Task], trials: list[int], database: ms.database.Database, target: tvm.target.Target,
                 cost_model: ms.cost_model.CostModel, clock: SaveWallTime, log_dir: Path, threads: int,
-                device: "RemoteRunner | None") -> None:
+                device: "RemoteRunner | None", deadline: float) -> None:
     """Run ``trials`` measured trials in all on ``tasks`` in one meta-schedule session (one builder and
-    runner pool: starting them costs minutes on a loaded 2-core machine), up to each task's share;
-    the database keeps every measured batch."""
+    runner pool: starting them costs minutes on a loaded 2-core machine), up to each task's share, or
+    until the first batch measured after ``deadline``; the database keeps every measured batch."""
     import_tensor_intrinsics()  # before TuneContext imports it the slow way
     builder, runner = _measurers(device, threads)
-    ms.tune_tasks(
-        tasks=[_tune_context(task, target, log_dir, threads) for task in tasks],
-        task_weights=[float(n) for n in trials], work_dir=str(log_dir), max_trials_global=sum(trials),
-        max_trials_per_task=max(trials), num_trials_per_iter=TRIALS_PER_ITER,
-        builder=builder, runner=runner, database=database, cost_model=cost_model,
-        measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock])
+    stop = StopAt(deadline)
+    try:
+        ms.tune_tasks(
+            tasks=[_tune_context(task, target, log_dir, threads) for task in tasks],
+            task_weights=[float(n) for n in trials], work_dir=str(log_dir), max_trials_global=sum(trials),
+            max_trials_per_task=max(trials), num_trials_per_iter=TRIALS_PER_ITER,
+            builder=builder, runner=runner, database=database, cost_model=cost_model,
+            measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), clock, stop])
+    except Exception:  # noqa: BLE001 - the callback's exception comes back through TVM's FFI as another type
+        if not stop.fired:
+            raise
 
 
 def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, target: tvm.target.Target,
                          threads: int, state: dict | None = None, log: Callable[[str], None] = print,
-                         device: "RemoteRunner | None" = None) -> ms.database.JSONDatabase:
+                         device: "RemoteRunner | None" = None, deadline: float = math.inf
+                         ) -> ms.database.JSONDatabase:
     """Give each task its ``budget`` of valid records in the database at ``work_dir``, tuning only what
-    is missing, measured on this machine or on ``device``; ``state`` (e.g. the model and budget) is
-    merged into the state file, which accumulates the wall time after every measured batch."""
+    is missing, measured on this machine or on ``device``, and stopping after the first batch measured
+    past ``deadline`` (``time.perf_counter``); ``state`` (e.g. the model and budget) is merged into the
+    state file, which accumulates the wall time after every measured batch."""
     database = open_database(work_dir)
     state_path = work_dir / STATE_FILE
     saved = json.loads(state_path.read_text()) if state_path.exists() else {"wall_seconds": 0.0}
@@ -126,5 +154,5 @@ def tune_tasks_resumable(tasks: list[Task], budget: list[int], work_dir: Path, t
     pending = [(task, m) for task, m in zip(tasks, missing) if m > 0]
     if pending:
         _tune_tasks([t for t, _ in pending], [m for _, m in pending], database, target, cost_model, clock, log_dir,
-                    threads, device)
+                    threads, device, deadline)
     return database
