@@ -328,8 +328,10 @@ def write_report(results: dict) -> None:
              "rounds, and ratios compare builds measured in the same run. TVM_NUM_THREADS=2. Batch 1, 32x32 input "
              "(digits-cnn 8x8), BatchNorm-calibrated untrained weights; unified = 4x4 blocks at 75% sparsity "
              "(`tvm_unify.testing.unified_model`).", "",
-             "Produced by `python benchmarks/tuning.py --sweep 64 256` (its records are the shipped "
-             "`schedules/host/`), `--count` and `--measure` (one run each).", "",
+             "Produced by `python benchmarks/tuning.py --sweep 64 256`, then `--sweep 1000 --models "
+             "\"mobilenetv2 unified\" \"resnet18 unified\"` (its records are the shipped `schedules/host/`; the "
+             "dense models stop at 256 trials, about 17 min of meta-schedule per 256 here), `--count` and "
+             "`--measure` (one run each).", "",
              "## Untuned vs tuned (ms per inference, minimum of rounds; median in brackets)", "",
              "| model | trials | tuning wall min | kernels tuned / all | untuned ms | tuned ms | speed-up |",
              "|---|---|---|---|---|---|---|"]
