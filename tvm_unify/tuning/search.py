@@ -196,13 +196,13 @@ class TemplateSearch:
         best = min(valid, key=lambda t: t["cost"], default=None)
         default, best_cost = entry["default"], best["cost"] if best else math.inf
         if best is not None and isinstance(self.runner, LocalRunner) and best_cost < default:
-            default, best_cost = self._race(template, default_knobs, best["knobs"], x)
+            default, best_cost = self.race(template, default_knobs, best["knobs"], x)
         tuned = best_cost < (1 - MARGIN) * default
         entry["decision"] = {"knobs": best["knobs"], "cost": best_cost, "default": default} if tuned else None
         self.records.save_unified()
         return Outcome(template, len(entry["trials"]), default, min(best_cost, default), tuned)
 
-    def _race(self, template: Template, default_knobs: Knobs, best_knobs: Knobs, x: np.ndarray) -> tuple[float, float]:
+    def race(self, template: Template, default_knobs: Knobs, best_knobs: Knobs, x: np.ndarray) -> tuple[float, float]:
         """Minimum over ``RACE_ROUNDS`` alternating rounds of the default and the best candidate."""
         builds = [self.build(template, default_knobs), self.build(template, best_knobs)]
         costs = [math.inf, math.inf]
