@@ -16,7 +16,7 @@ from tvm import relax
 
 from tvm_unify.kernels import Affine, Clip
 from tvm_unify.kernels.common import Conv2dGeometry
-from tvm_unify.kernels.planar import (MAX_ACCUMULATORS, MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, PlanarConv,
+from tvm_unify.kernels.planar import (MAX_ACCUMULATOR_LANES, MAX_SHARED_PLANES, MIN_OUTPUT_WIDTH, PlanarConv,
                                       planar_conv2d, row_vector, supports)
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.models.calibration import calibrate_batchnorm
@@ -90,16 +90,17 @@ def test_rows_are_covered_by_whole_vectors(width, lanes, expected):
     assert (vl, count) == expected and vl * count >= width and vl <= width
 
 
-@pytest.mark.parametrize("width, height, lanes, rows", [(32, 32, 8, 2), (32, 32, 4, 1), (112, 112, 8, 1),
-                                                        (16, 16, 4, 2), (8, 1, 8, 1)])
+@pytest.mark.parametrize("width, height, lanes, rows", [(32, 32, 8, 2), (32, 32, 16, 2), (56, 56, 16, 1),
+                                                        (112, 112, 8, 1), (16, 16, 4, 2), (8, 1, 8, 1)])
 def test_untuned_kernels_take_two_rows_while_their_accumulators_fit(width, height, lanes, rows):
-    """Two output rows per step where 2 x vectors per row fit in ``MAX_ACCUMULATORS`` registers (a 32-wide
-    row is 4 vectors of 8 lanes: 8 accumulators; of 4 lanes: 16, which would spill), never more rows
-    than the output has."""
+    """Two output rows per step where their accumulators hold at most ``MAX_ACCUMULATOR_LANES`` floats (a
+    32-wide row is 4 vectors of 8 or 2 of 16: 64 floats for two rows; a 56-wide one 4 overlapping vectors
+    of 16: 128), never more rows than the output has."""
     g = Conv2dGeometry(1, 8, height + 2, width + 2, 8, (3, 3))
     conv = PlanarConv.untuned(g, 8, lanes)
     assert conv.rows == rows and recipe_of(conv.kernel())["rows"] == rows
-    assert rows == 1 or rows * row_vector(width, conv.lanes)[1] <= MAX_ACCUMULATORS
+    vl, vectors = row_vector(width, conv.lanes)
+    assert (rows == 2) == (2 * vectors * vl <= MAX_ACCUMULATOR_LANES and height >= 2)
 
 
 class StemAndDepthwise(nn.Module):

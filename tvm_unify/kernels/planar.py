@@ -46,13 +46,14 @@ MAX_SHARED_PLANES = 4
 # Column strides the staging splits into phases (``stage`` writes phases 0 and 1): MobileNet-style nets
 # use 1 and 2; a wider stride would leave a phase unwritten.
 MAX_COLUMN_STRIDE = 2
-# Output rows per step of an untuned kernel, where their accumulators (rows x vectors per row, one
-# register each) number at most ``MAX_ACCUMULATORS``; else 1. Measured on MobileNetV2's planar convs at
-# 32x32 (AMD EPYC, AVX2): 2 rows run them 1.09x faster in all than 1 (up to 1.2x on stride-1 planes 16 or
-# 32 wide, never slower); 4 rows of 4 vectors (16 accumulators, all of AVX2's registers) spill: 0.85x.
-# Tuning searches 1, 2 and 4.
+# Output rows per step of an untuned kernel: ``ROWS`` where their accumulators (rows x vectors x lanes)
+# hold at most ``MAX_ACCUMULATOR_LANES`` floats (8 AVX2, 4 AVX-512 or 16 NEON registers), else 1.
+# Measured on this host (AMD EPYC, AVX-512, TVM_NUM_THREADS=2): at 32x32 two rows run MobileNetV2's planar
+# convs 1.09x faster in all than one (up to 1.2x on stride-1 planes 16 or 32 wide); at 224x224, two rows
+# of 56-wide outputs (4 vectors of 16: 128 floats) are 1.1-1.2x slower, of 112-wide ones up to 2.5x
+# slower (the stem), while the 28- and 14-wide ones still gain. Tuning searches 1, 2 and 4.
 ROWS = 2
-MAX_ACCUMULATORS = 8
+MAX_ACCUMULATOR_LANES = 64
 
 
 def row_vector(width: int, lanes: int) -> tuple[int, int]:
@@ -73,10 +74,11 @@ def supports(g: Conv2dGeometry, groups: int) -> bool:
 
 
 def default_rows(g: Conv2dGeometry, lanes: int) -> int:
-    """Output rows per step of the untuned kernel (``ROWS``, or 1 where their accumulators would not
-    fit in ``MAX_ACCUMULATORS`` registers)."""
+    """Output rows per step of the untuned kernel (``ROWS``, or 1 where their accumulators would hold
+    more than ``MAX_ACCUMULATOR_LANES`` floats)."""
     oh, ow = g.out_hw
-    return min(ROWS, oh) if ROWS * row_vector(ow, lanes)[1] <= MAX_ACCUMULATORS else 1
+    vl, vectors = row_vector(ow, lanes)
+    return min(ROWS, oh) if ROWS * vectors * vl <= MAX_ACCUMULATOR_LANES else 1
 
 
 @dataclass(frozen=True)
