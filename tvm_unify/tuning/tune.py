@@ -87,7 +87,9 @@ class TimeUp(Exception):
 class StopAt(ms.measure_callback.PyMeasureCallback):
     """Ends the tuning session at the first measured batch that completes after ``deadline``
     (``time.perf_counter``). Meta-schedule's budgets are trial counts only, so a time budget stops it by
-    raising from this callback, which runs after the batch was committed to the database."""
+    raising from this callback, which runs after the batch was committed to the database. Its task
+    scheduler's first round sends one batch of every task before it collects any, so the shortest session
+    still measures a batch per task."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
