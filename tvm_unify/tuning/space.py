@@ -14,7 +14,7 @@ same tile) are folded, so every candidate is a distinct kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import product
 
 import numpy as np
@@ -118,30 +118,16 @@ def features(layer: UnifiedLayer, knobs: Knobs) -> list[float]:
             float(len(grouped.groups)), math.log2(max(slots, 1))]
 
 
-@dataclass(frozen=True)
 class UnifiedTemplate:
     """A unified layer as a template of the knob search (``search.Template``): one workload per layer,
     keyed by its block pattern too."""
 
-    layer: UnifiedLayer
     kind = "unified"
     calls = 1  # each layer is its own workload
 
-    @property
-    def key(self) -> str:
-        return self.layer.key
-
-    @property
-    def shape_key(self) -> str:
-        return self.layer.shape_key
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-    @property
-    def op(self) -> str:
-        return self.layer.op
+    def __init__(self, layer: UnifiedLayer) -> None:
+        self.layer = layer
+        self.key, self.shape_key, self.name, self.op = layer.key, layer.shape_key, layer.name, layer.op
 
     @property
     def tolerance(self) -> float:
