@@ -157,30 +157,30 @@ def compile_model(
         mod, report = lower_unified(imported, mode, act_scales, tasks=preset.cores, target=codegen_target(preset),
                                     choose=chooser, precision=gpu, fp32_layers=fp32_layers, defer=True)
         timings["lower"] = time.perf_counter() - start
-    result = compile_module(mod, preset, output, imported.input_shape, emit_source, records)
+    result = compile_module(mod, preset, output, imported.input_shape, emit_source, records, chooser)
     result.timings = {**timings, **result.timings}
     result.report = report
-    result.schedules = {**(chooser.used if chooser else {}), **result.schedules}
     return result
 
 
 def compile_module(mod: tvm.IRModule, target: str | TargetPreset, output: str | os.PathLike,
                    input_shape: tuple[int, ...], emit_source: str | os.PathLike | None = None,
-                   records: Records | None = None) -> CompileResult:
+                   records: Records | None = None, chooser: RecordChooser | None = None) -> CompileResult:
     """Build an imported (and possibly already lowered, for this target's cores) module for ``target``
-    with the dense kernels' tuning ``records``, and export it (and its generated code into
+    with the tuning ``records`` (planar kernels' knobs through ``chooser``, the one that lowered the
+    unified layers if any, and the dense kernels' schedules), and export it (and its generated code into
     ``emit_source``, if given)."""
     preset = target if isinstance(target, TargetPreset) else load_target(target)
     timings: dict[str, float] = {}
-    used: dict[str, str] = {}
-    tuned = chooser = None
+    dense: dict[str, str] = {}
+    tuned = None
     if records is not None:
-        chooser = RecordChooser(records)
+        chooser = chooser or RecordChooser(records)
 
         def tuned(prepared: tvm.IRModule) -> None:
-            used.update(install_dense(prepared, records, codegen_target(preset)))
+            dense.update(install_dense(prepared, records, codegen_target(preset)))
     executable = build(mod, preset, tuned, timings, chooser and chooser.planar)
-    used.update(chooser.used if chooser else {})
+    used = {**(chooser.used if chooser else {}), **dense}
     if emit_source is not None:
         emit_sources(executable, emit_source)
     start = time.perf_counter()
