@@ -179,7 +179,7 @@ def conv_case(case, unified: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.nd
     rng = np.random.default_rng(seed)
     w = project(rng.standard_normal((g.out_channels, g.in_channels, *g.kernel)).astype(np.float32), block,
                 sparsity, layout, unified)
-    x = rng.standard_normal((g.batch, g.in_channels, g.height, g.width)).astype(np.float32)
+    x = rng.standard_normal(g.input_shape).astype(np.float32)
     return w, x, conv_reference(g, x, w)
 
 

@@ -46,6 +46,11 @@ class Conv2dGeometry:
                 (self.width + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
     @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The NCHW shape of the input."""
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
     def pixels(self) -> int:
         """Output pixels over the batch: the GEMM's column count P."""
         oh, ow = self.out_hw
@@ -150,7 +155,7 @@ def conv2d_problem(g: Conv2dGeometry, layout: str, lanes: int, in_place: bool = 
 
     pad_shape = (g.batch, g.in_channels, g.height + pt + pb, g.width + pl + pr)
     direct = in_place and g.reads_input_in_place
-    return GemmProblem((g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, oh, ow),
+    return GemmProblem(g.input_shape, (g.batch, g.out_channels, oh, ow),
                        g.in_channels * kh * kw, g.pixels, q,
                        None if direct else conv_gather(g, layout, tile_lanes(q, lanes)),
                        None if g.padding == (0, 0, 0, 0) else (pad_shape, (pt, pl)), store_index,

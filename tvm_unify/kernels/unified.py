@@ -201,7 +201,7 @@ class UnifiedLayer:
         if self.op == "conv2d":
             g = self.dims
             return (conv2d_problem(g, self.layout, options.lanes), conv2d_shape(g, self.layout),
-                    (g.batch, g.in_channels, g.height, g.width), (g.batch, g.out_channels, *g.out_hw))
+                    g.input_shape, (g.batch, g.out_channels, *g.out_hw))
         batch, in_features, out_features = self.dims
         return dense_problem(*self.dims), dense_shape(*self.dims), (batch, in_features), (batch, out_features)
 

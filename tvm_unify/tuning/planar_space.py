@@ -60,8 +60,7 @@ class PlanarTemplate:
         return self.conv.describe()
 
     def x_shape(self) -> tuple[int, ...]:
-        g = self.conv.geometry
-        return (g.batch, g.in_channels, g.height, g.width)
+        return self.conv.geometry.input_shape
 
     def default_knobs(self) -> Knobs:
         return {"lanes": self.conv.lanes, "rows": self.conv.rows}

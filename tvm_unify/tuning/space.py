@@ -153,8 +153,7 @@ class UnifiedTemplate:
 
     def x_shape(self) -> tuple[int, ...]:
         if self.layer.op == "conv2d":
-            g = self.layer.dims
-            return (g.batch, g.in_channels, g.height, g.width)
+            return self.layer.dims.input_shape
         return (self.layer.dims[0], self.layer.dims[1])
 
     def default_knobs(self) -> Knobs:
