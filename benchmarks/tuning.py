@@ -180,18 +180,15 @@ def sweep(args: argparse.Namespace) -> None:
 
 def _layers() -> dict:
     """Unified workload key -> UnifiedLayer, for the three unified built-ins (host lowering)."""
-    from tvm_unify.compiler import lower_unified
     from tvm_unify.frontend import import_torchscript
     from tvm_unify.pipeline import codegen_target
     from tvm_unify.targets import load_target
+    from tvm_unify.tuning.model import unified_templates
 
     preset = load_target("host")
-    layers = {}
-    for label, path in model_files(OUT).items():
-        if "unified" in label:
-            lower_unified(import_torchscript(path), tasks=preset.cores, target=codegen_target(preset),
-                          choose=lambda layer: layers.setdefault(layer.key, layer).options)
-    return layers
+    target = codegen_target(preset)
+    return {template.key: template.layer for label, path in model_files(OUT).items() if "unified" in label
+            for template in unified_templates(import_torchscript(path), "fp32", preset, target)[1]}
 
 
 def cost_model_quality(results: dict) -> None:
@@ -248,7 +245,8 @@ def knob_ceiling(results: dict) -> None:
     records = Records(SCHEDULES / "host")
     preset = load_target("host")
     target = codegen_target(preset)
-    search = TemplateSearch(records, LocalRunner(), target, cpu_features(target))
+    cpu = cpu_features(target)
+    search = TemplateSearch(records, LocalRunner(), target, cpu)
     rows = {}
     for label, path in model_files(OUT).items():
         if "unified" not in label:
@@ -265,7 +263,7 @@ def knob_ceiling(results: dict) -> None:
             row["default"] += template.calls * default
             row["best"] += template.calls * min(default, best)
             row["measured"] += len(trials)
-            row["space"] += len(template.candidates(cpu_features(target), True)) - 1
+            row["space"] += len(template.candidates(cpu, True)) - 1
         rows[label] = row
         print(label, row, flush=True)
     results["ceiling"] = rows
@@ -296,8 +294,7 @@ def count_correlation(results: dict, port: int) -> None:
         for layer in layers:
             pool = candidates(layer, CpuFeatures(), parallel=False)
             picks = [pool[0], *rng.sample(pool[1:], min(COUNT_CANDIDATES - 1, len(pool) - 1))]
-            g = layer.dims
-            x = np.random.default_rng(0).standard_normal((g.batch, g.in_channels, g.height, g.width)).astype("float32")
+            x = np.random.default_rng(0).standard_normal(layer.dims.input_shape).astype("float32")
             for knobs in picks:
                 func, weight = layer.kernel(options_for(layer, knobs))
                 model = kernel_model(func, weight.arrays)
