@@ -5,7 +5,6 @@ match numpy / PyTorch, including modules serialised by the wheel's own compiler.
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -123,9 +122,9 @@ def test_missing_packages_named_for_apt(monkeypatch, tmp_path):
 def test_matmul_relu_sum_runs_on_opencl(dev):
     """The quick end-to-end proof: dlight-scheduled kernels compiled and run by the sidecar on PoCL."""
     assert dev.exist and opencl_setup.opencl_available()
-    start = time.perf_counter()
-    library = opencl_setup.ensure_opencl_runtime()
-    assert time.perf_counter() - start < 1.0 and library.is_file()  # cached and already loaded
+    messages: list[str] = []
+    library = opencl_setup.ensure_opencl_runtime(log=messages.append)
+    assert not messages and library.is_file()  # cached and already loaded: nothing built
     assert tvm_ffi.get_global_func("ffi.Module.create.opencl", allow_missing=True) is not None
 
     rng = np.random.default_rng(0)
