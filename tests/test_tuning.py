@@ -20,7 +20,7 @@ from rpc_servers import cli_error
 from tvm_unify.cli import main
 from tvm_unify.compiler import compile_model, lower_unified
 from tvm_unify.frontend import import_torchscript
-from tvm_unify.kernels import CpuFeatures, regenerate
+from tvm_unify.kernels import CpuFeatures, cpu_features, regenerate
 from tvm_unify.kernels.planar import OP as PLANAR
 from tvm_unify.kernels.recipe import recipe_of
 from tvm_unify.models.calibration import calibrate_batchnorm
@@ -32,7 +32,7 @@ from tvm_unify.testing import assert_matches, run_kernel, torch_reference, unifi
 from tvm_unify.torchscript import save_torchscript
 from tvm_unify.tuning.apply import RecordChooser
 from tvm_unify.tuning.budget import TRIALS_PER_ITER
-from tvm_unify.tuning.model import TRIALS_PER_TASK_UNBOUNDED, prepared_kernels, tune_model
+from tvm_unify.tuning.model import TRIALS_PER_TASK_UNBOUNDED, prepared_kernels, tune_model, unified_templates
 from tvm_unify.tuning.records import DENSE_DIR, UNIFIED_FILE, Records, shipped_root
 from tvm_unify.tuning.runners import LocalRunner, RemoteRunner
 from tvm_unify.tuning.space import candidates, knobs_of, normalized, options_for
@@ -285,6 +285,18 @@ def test_dense_kernels_are_tuned_over_rpc(dense_pt, tmp_path, capsys):
     assert measured and all(float(s) > 0 for r in measured for s in r.run_secs)
     assert records.decisions and all(d["runner"].startswith("rpc") and d["agrees"] for d in records.decisions.values())
     _compiled_matches(path, model, root, tmp_path)
+
+
+def test_a_time_budget_ends_the_knob_search(digits_pt, tmp_path):
+    """``tune --time-budget`` without ``--trials``: each unified layer's share is then its whole knob space
+    (up to TRIALS_PER_TASK_UNBOUNDED trials), and the run ends well short of it when the time is out."""
+    preset = load_target("host")
+    target = codegen_target(preset)
+    _, templates = unified_templates(import_torchscript(digits_pt), "fp32", preset, target)
+    space = sum(min(TRIALS_PER_TASK_UNBOUNDED, len(t.candidates(cpu_features(target), True))) for t in templates)
+    root = tmp_path / "schedules"
+    assert main(["tune", str(digits_pt), "--kernels", "unified", "--time-budget", "2", "--schedules", str(root)]) == 0
+    assert space >= TRIALS_PER_TASK_UNBOUNDED and sum(_trials(root).values()) < space / 2
 
 
 def test_a_passed_deadline_stops_meta_schedule_after_one_batch(dense_pt, tmp_path):
