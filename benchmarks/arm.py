@@ -1,7 +1,9 @@
 """Dynamic aarch64 instructions per inference on the emulated device (qemu ``max`` CPU, exact counts
-between marker syscalls, one thread): dense TVM (default schedules) vs unified fp32 NEON vs unified
-int8 (NEON without dotprod, ``sdot``, ``smmla``), for digits-cnn, ResNet-18 and MobileNetV2 at 4x4
-blocks / 75% pruned; writes ``arm.md``, ``arm.json`` and ``arm.png`` next to this script.
+between marker syscalls, one thread): dense TVM vs unified fp32 NEON vs unified int8 (NEON without
+dotprod, ``sdot``, ``smmla``), for digits-cnn, ResNet-18 and MobileNetV2 at 4x4 blocks / 75% pruned;
+writes ``arm.md``, ``arm.json`` and ``arm.png`` next to this script. Every build applies the shipped tuning
+records of its target, as ``tvm-unify compile`` does by default (``schedules/a76``: tuned by instruction
+count; kernels without records keep the default schedules).
 
 Every build runs on the same input (a held-out sample of the built-in data) and is checked against
 PyTorch; int8 builds use activation scales calibrated on 64 training samples. Models are the
@@ -41,6 +43,7 @@ from tvm_unify.runtime.rpc import DeviceSpec, count_remote, load_remote, run_rem
 from tvm_unify.targets import load_target
 from tvm_unify.testing import unified_model
 from tvm_unify.torchscript import save_torchscript
+from tvm_unify.tuning.records import SHIPPED, records_for
 
 MODELS = ("digits-cnn", "resnet18", "mobilenetv2")
 # label -> (preset, compile options); the first is the baseline.
@@ -92,7 +95,8 @@ def measure(name: str, path: Path, spec: DeviceSpec, tmp: Path, peers: bool) -> 
         if options.get("mode") == "int8":
             target = load_target(preset)
             mod, _ = lower_unified(imported, "int8", scales, target.cores, codegen_target(target))
-            compile_module(mod, target, library, imported.input_shape, emit_source=tmp / f"{name}-{n}")
+            compile_module(mod, target, library, imported.input_shape, emit_source=tmp / f"{name}-{n}",
+                           records=records_for(SHIPPED, target.name))
         else:
             compile_model(imported, preset, library, **options, emit_source=tmp / f"{name}-{n}")
         print(f"[arm] {name}: {label} built in {time.perf_counter() - start:.0f} s", flush=True)
@@ -298,7 +302,10 @@ def main() -> None:
              "Exact dynamic aarch64 instruction counts of one inference (`tvm-unify bench --count`: qemu user mode, "
              "`--cpu max`, counted between marker syscalls, one thread), 4x4 blocks, 75% of the blocks pruned, the rest "
              "unified. \"model code\" counts the instructions executed inside the compiled library (all kernels); "
-             "\"whole call\" adds the TVM runtime around them. int8 builds: activation scales calibrated on "
+             "\"whole call\" adds the TVM runtime around them. Every build applies its target's shipped tuning records, "
+             "as `tvm-unify compile` does by default (`schedules/a76`, tuned by instruction count: dense MobileNetV2 "
+             "and digits-cnn, the planar convs, the unified layers; kernels without records keep the default "
+             "schedules, e.g. dense ResNet-18's). int8 builds: activation scales calibrated on "
              f"{CALIBRATION_SAMPLES} training samples of the built-in data; error against PyTorch on a held-out sample. "
              f"Models: {', '.join(f'{k}: {v}' for k, v in sources.items())}. Run time "
              f"{time.perf_counter() - start:.0f} s. Produced by `python benchmarks/arm.py`.", "", *table(rows), "",
